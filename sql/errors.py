@@ -1,0 +1,134 @@
+"""The queue's typed errors, and the translation of PostgreSQL errors into them.
+
+Raised by the repository and the migrator; the CLI, the operator and the detector catch
+``QueueError`` subclasses and print their message, which always says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+
+
+class QueueError(Exception):
+    """Base of every error of the queue contract."""
+
+
+class DatabaseUnavailable(QueueError):
+    """The database cannot be reached (down, wrong host, network, connection lost)."""
+
+
+class PermissionDenied(QueueError):
+    """The database user lacks a privilege; the message names the GRANT to run."""
+
+
+class SchemaError(QueueError):
+    """The facescan schema is missing, older or newer than this facescan expects."""
+
+
+class LegacyTableConflict(SchemaError):
+    """An older worker's table stands where facescan wants to put something."""
+
+
+class LeaseLost(QueueError):
+    """The caller no longer holds the image (reclaimed, taken over): it must not commit."""
+
+
+class IllegalTransition(QueueError):
+    """The state machine refuses the move (e.g. completing an image never started)."""
+
+
+class UnknownLibrary(QueueError):
+    """No library of that name is registered."""
+
+
+class UnknownImage(QueueError):
+    """No image of that id or path is registered."""
+
+
+class InvalidArgument(QueueError):
+    """The arguments are refused (bad path, embedding size, limit)."""
+
+
+_BY_SQLSTATE: dict[str, type[QueueError]] = {
+    "FS001": LeaseLost,
+    "FS002": IllegalTransition,
+    "FS003": UnknownLibrary,
+    "FS004": UnknownImage,
+    "FS005": InvalidArgument,
+}
+
+_TABLE_IN_MESSAGE = re.compile(r"permission denied for (?:table|relation|schema|function) (\S+)")
+
+GRANTS = (
+    "GRANT USAGE ON SCHEMA facescan TO {user};\n"
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA facescan TO {user};\n"
+    "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA facescan TO {user};"
+)
+
+
+def grant_advice(user: str, what: str) -> str:
+    """The message for a missing privilege: what is refused and the exact GRANTs."""
+    quoted = '"' + user.replace('"', '""') + '"'
+    return (
+        f"database user {user!r} lacks privileges on {what}. As the owner of the facescan "
+        f"schema (or a superuser), run:\n{GRANTS.format(user=quoted)}"
+    )
+
+
+def translate(exc: BaseException, *, target: str, user: str) -> QueueError | None:
+    """The typed error for a driver exception, or None when it is not one of ours."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate in _BY_SQLSTATE:
+            return _BY_SQLSTATE[sqlstate](str(exc))
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            match = _TABLE_IN_MESSAGE.search(str(exc))
+            return PermissionDenied(grant_advice(user, match[1] if match else "facescan"))
+        if isinstance(exc, asyncpg.CheckViolationError) and (
+            getattr(exc, "constraint_name", None) == "images_path_relative"
+        ):
+            return InvalidArgument(
+                "image paths must be relative to the library root, without '..': "
+                f"{getattr(exc, 'detail', None) or exc}"
+            )
+        if isinstance(exc, asyncpg.UndefinedFunctionError | asyncpg.UndefinedTableError):
+            return SchemaError(
+                f"the facescan schema is missing or incomplete on {target} ({exc}): "
+                "run `facescan db migrate`"
+            )
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return DatabaseUnavailable(f"database does not exist on {target}: {exc}")
+        if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+            return DatabaseUnavailable(f"cannot log in to {target}: {exc}")
+        if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.AdminShutdownError):
+            return DatabaseUnavailable(f"PostgreSQL at {target} is not accepting connections: {exc}")
+        return None
+    if isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.ConnectionDoesNotExistError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.ConnectionFailureError,
+    ):
+        cause = str(exc) or type(exc).__name__
+        return DatabaseUnavailable(f"cannot reach PostgreSQL at {target}: {cause}")
+    return None
+
+
+@contextmanager
+def translated(*, target: str, user: str) -> Iterator[None]:
+    """Re-raises driver errors as typed queue errors, the cause chained."""
+    try:
+        yield
+    except QueueError:
+        raise
+    except Exception as exc:
+        typed = translate(exc, target=target, user=user)
+        if typed is None:
+            raise
+        raise typed from exc

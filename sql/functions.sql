@@ -1,0 +1,685 @@
+-- facescan: the queue's state machine, as PostgreSQL functions.
+--
+-- The operator and the detector call these by name (see queries.sql) and never write
+-- the tables directly, so they cannot disagree about a transition. Re-applied by
+-- `facescan db migrate` after the migrations (everything here is CREATE OR REPLACE).
+--
+-- Errors raised here carry facescan's own SQLSTATEs, mapped to typed Python errors by
+-- facescan_queue.errors:
+--   FS001 lease lost (the caller no longer holds the image: fencing)
+--   FS002 illegal transition (e.g. complete an image that was never started)
+--   FS003 unknown library
+--   FS004 unknown image
+--   FS005 invalid argument (a face embedding of the wrong size, a bad limit)
+
+-- Counters -------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION facescan.count_shard() RETURNS smallint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT (pg_backend_pid() % 16)::smallint
+$$;
+
+-- Keeps facescan.image_counts equal to the images table, one statement at a time.
+CREATE OR REPLACE FUNCTION facescan.count_images() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO facescan.image_counts AS c
+            (library, state, step, size_class, error_type, degraded, shard, images, faces)
+        SELECT library, state, step, size_class, error_type, degraded, facescan.count_shard(),
+               count(*), sum(face_count)
+        FROM new_rows
+        GROUP BY library, state, step, size_class, error_type, degraded
+        ORDER BY library, state, step, size_class, error_type, degraded
+        ON CONFLICT ON CONSTRAINT image_counts_key
+        DO UPDATE SET images = c.images + EXCLUDED.images, faces = c.faces + EXCLUDED.faces;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO facescan.image_counts AS c
+            (library, state, step, size_class, error_type, degraded, shard, images, faces)
+        SELECT library, state, step, size_class, error_type, degraded, facescan.count_shard(),
+               -count(*), -sum(face_count)
+        FROM old_rows
+        GROUP BY library, state, step, size_class, error_type, degraded
+        ORDER BY library, state, step, size_class, error_type, degraded
+        ON CONFLICT ON CONSTRAINT image_counts_key
+        DO UPDATE SET images = c.images + EXCLUDED.images, faces = c.faces + EXCLUDED.faces;
+    ELSE
+        INSERT INTO facescan.image_counts AS c
+            (library, state, step, size_class, error_type, degraded, shard, images, faces)
+        SELECT library, state, step, size_class, error_type, degraded, facescan.count_shard(),
+               sum(n), sum(f)
+        FROM (
+            SELECT library, state, step, size_class, error_type, degraded, 1 AS n,
+                   face_count AS f
+            FROM new_rows
+            UNION ALL
+            SELECT library, state, step, size_class, error_type, degraded, -1, -face_count
+            FROM old_rows
+        ) AS delta
+        GROUP BY library, state, step, size_class, error_type, degraded
+        HAVING sum(n) <> 0 OR sum(f) <> 0
+        ORDER BY library, state, step, size_class, error_type, degraded
+        ON CONFLICT ON CONSTRAINT image_counts_key
+        DO UPDATE SET images = c.images + EXCLUDED.images, faces = c.faces + EXCLUDED.faces;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER images_count_insert AFTER INSERT ON facescan.images
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION facescan.count_images();
+CREATE OR REPLACE TRIGGER images_count_update AFTER UPDATE ON facescan.images
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION facescan.count_images();
+CREATE OR REPLACE TRIGGER images_count_delete AFTER DELETE ON facescan.images
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION facescan.count_images();
+
+-- Folds the shards into one row per group and drops empty groups.
+CREATE OR REPLACE FUNCTION facescan.compact_counts() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_rows integer;
+BEGIN
+    LOCK TABLE facescan.image_counts IN EXCLUSIVE MODE;
+    WITH folded AS (DELETE FROM facescan.image_counts RETURNING *)
+    INSERT INTO facescan.image_counts
+        (library, state, step, size_class, error_type, degraded, shard, images, faces)
+    SELECT library, state, step, size_class, error_type, degraded, 0, sum(images), sum(faces)
+    FROM folded
+    GROUP BY library, state, step, size_class, error_type, degraded
+    HAVING sum(images) <> 0 OR sum(faces) <> 0;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END
+$$;
+
+-- Rebuilds the counters of one library from the images themselves (a repair tool).
+CREATE OR REPLACE FUNCTION facescan.recount(p_library text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE facescan.images IN SHARE MODE;
+    LOCK TABLE facescan.image_counts IN EXCLUSIVE MODE;
+    DELETE FROM facescan.image_counts WHERE library = p_library;
+    INSERT INTO facescan.image_counts
+        (library, state, step, size_class, error_type, degraded, shard, images, faces)
+    SELECT library, state, step, size_class, error_type, degraded, 0, count(*), sum(face_count)
+    FROM facescan.images
+    WHERE library = p_library
+    GROUP BY library, state, step, size_class, error_type, degraded;
+END
+$$;
+
+-- The transition guard -------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION facescan.guard_image_transition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state IS DISTINCT FROM OLD.state
+       AND NOT (OLD.state::text || '>' || NEW.state::text) = ANY (ARRAY[
+           'pending>leased', 'leased>done', 'leased>pending', 'leased>dead',
+           'dead>pending', 'done>pending'])
+    THEN
+        RAISE EXCEPTION 'illegal transition of image %: % -> %', OLD.id, OLD.state, NEW.state
+            USING ERRCODE = 'FS002';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER images_guard BEFORE UPDATE OF state ON facescan.images
+    FOR EACH ROW EXECUTE FUNCTION facescan.guard_image_transition();
+
+-- Libraries and registration -----------------------------------------------------------
+
+-- Creates the library or updates the settings given (NULL keeps the current value).
+CREATE OR REPLACE FUNCTION facescan.ensure_library(
+    p_name text,
+    p_cascade_models text[] DEFAULT NULL,
+    p_cascade_scales real[] DEFAULT NULL,
+    p_backoff_base_s integer DEFAULT NULL,
+    p_backoff_multiplier real DEFAULT NULL,
+    p_backoff_cap_s integer DEFAULT NULL,
+    p_max_attempts integer DEFAULT NULL
+) RETURNS facescan.libraries
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_lib facescan.libraries;
+BEGIN
+    INSERT INTO facescan.libraries (name) VALUES (p_name) ON CONFLICT (name) DO NOTHING;
+    UPDATE facescan.libraries SET
+        cascade_models = coalesce(p_cascade_models, cascade_models),
+        cascade_scales = coalesce(p_cascade_scales, cascade_scales),
+        backoff_base_s = coalesce(p_backoff_base_s, backoff_base_s),
+        backoff_multiplier = coalesce(p_backoff_multiplier, backoff_multiplier),
+        backoff_cap_s = coalesce(p_backoff_cap_s, backoff_cap_s),
+        max_attempts = coalesce(p_max_attempts, max_attempts)
+    WHERE name = p_name
+    RETURNING * INTO v_lib;
+    RETURN v_lib;
+END
+$$;
+
+-- Registers images (idempotent: a path already registered is left as it is).
+-- Returns how many were new.
+CREATE OR REPLACE FUNCTION facescan.register_images(
+    p_library text,
+    p_paths text[],
+    p_widths integer[],
+    p_heights integer[],
+    p_file_bytes bigint[],
+    p_priority smallint DEFAULT 0
+) RETURNS integer
+LANGUAGE sql AS $$
+    WITH inserted AS (
+        INSERT INTO facescan.images (library, path, width, height, file_bytes, priority)
+        SELECT p_library, u.path, u.width, u.height, u.file_bytes, p_priority
+        FROM unnest(p_paths, p_widths, p_heights, p_file_bytes)
+            AS u (path, width, height, file_bytes)
+        ON CONFLICT (library, path) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM inserted
+$$;
+
+-- Claiming and processing ----------------------------------------------------------
+
+-- Leases up to p_limit runnable images of one (cascade step, size class) group to
+-- p_owner, best first (priority, then fewest attempts). Concurrent claimers never get
+-- the same image (SKIP LOCKED). No lease is left behind when nothing was claimed.
+CREATE OR REPLACE FUNCTION facescan.claim_batch(
+    p_library text,
+    p_owner text,
+    p_step smallint,
+    p_size_class smallint,
+    p_limit integer,
+    p_lease_seconds integer
+) RETURNS TABLE (
+    image_id bigint, path text, width integer, height integer, file_bytes bigint,
+    attempts smallint
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_limit < 1 OR p_lease_seconds < 1 THEN
+        RAISE EXCEPTION 'claim_batch needs a positive limit and lease (got %, % s)',
+            p_limit, p_lease_seconds USING ERRCODE = 'FS005';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM facescan.libraries WHERE name = p_library) THEN
+        RAISE EXCEPTION 'unknown library %', p_library USING ERRCODE = 'FS003';
+    END IF;
+    INSERT INTO facescan.leases (owner, library, step, size_class, expires_at)
+    VALUES (p_owner, p_library, p_step, p_size_class,
+            now() + make_interval(secs => p_lease_seconds));
+    RETURN QUERY
+    WITH picked AS (
+        SELECT i.id FROM facescan.images i
+        WHERE i.library = p_library AND i.state = 'pending' AND i.step = p_step
+          AND i.size_class = p_size_class AND i.next_attempt_at <= now()
+        ORDER BY i.priority DESC, i.attempts, i.id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE facescan.images i
+    SET state = 'leased', lease_owner = p_owner, updated_at = now()
+    FROM picked
+    WHERE i.id = picked.id
+    RETURNING i.id, i.path, i.width, i.height, i.file_bytes, i.attempts;
+    IF NOT FOUND THEN
+        DELETE FROM facescan.leases WHERE owner = p_owner;
+    END IF;
+END
+$$;
+
+-- Extends the lease. False when it is gone (reclaimed): the worker must stop.
+CREATE OR REPLACE FUNCTION facescan.heartbeat(p_owner text, p_lease_seconds integer)
+RETURNS boolean
+LANGUAGE sql AS $$
+    WITH touched AS (
+        UPDATE facescan.leases
+        SET expires_at = now() + make_interval(secs => p_lease_seconds), heartbeat_at = now()
+        WHERE owner = p_owner
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM touched)
+$$;
+
+-- Marks the next unstarted image of the lease as in progress (an open attempt) and
+-- returns it with the model and scale of its cascade step; no row when none is left.
+CREATE OR REPLACE FUNCTION facescan.start_next(p_owner text)
+RETURNS TABLE (
+    image_id bigint, path text, width integer, height integer, file_bytes bigint,
+    step smallint, model text, scale real, attempt_id bigint
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_image facescan.images;
+    v_lib facescan.libraries;
+    v_step smallint;
+    v_attempt bigint;
+BEGIN
+    SELECT * INTO v_image FROM facescan.images i
+    WHERE i.lease_owner = p_owner AND i.state = 'leased' AND i.started_attempt IS NOT NULL;
+    IF FOUND THEN
+        RAISE EXCEPTION 'image % is still in progress under lease %: complete or fail it first',
+            v_image.id, p_owner USING ERRCODE = 'FS002';
+    END IF;
+    SELECT * INTO v_image FROM facescan.images i
+    WHERE i.lease_owner = p_owner AND i.state = 'leased'
+    ORDER BY i.priority DESC, i.attempts, i.id
+    LIMIT 1
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO v_lib FROM facescan.libraries l WHERE l.name = v_image.library;
+    v_step := least(v_image.step, cardinality(v_lib.cascade_models) - 1);
+    INSERT INTO facescan.attempts (image_id, library, worker, step, model, scale)
+    VALUES (v_image.id, v_image.library, p_owner, v_step,
+            v_lib.cascade_models[v_step + 1], v_lib.cascade_scales[v_step + 1])
+    RETURNING id INTO v_attempt;
+    UPDATE facescan.images SET started_attempt = v_attempt, step = v_step
+    WHERE id = v_image.id;
+    RETURN QUERY SELECT v_image.id, v_image.path, v_image.width, v_image.height,
+        v_image.file_bytes, v_step, v_lib.cascade_models[v_step + 1],
+        v_lib.cascade_scales[v_step + 1], v_attempt;
+END
+$$;
+
+-- Raises unless p_owner holds the image and has started it.
+CREATE OR REPLACE FUNCTION facescan.assert_started(
+    p_image facescan.images, p_image_id bigint, p_owner text
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_image.id IS NULL THEN
+        RAISE EXCEPTION 'unknown image %', p_image_id USING ERRCODE = 'FS004';
+    END IF;
+    IF p_image.state <> 'leased' OR p_image.lease_owner IS DISTINCT FROM p_owner THEN
+        RAISE EXCEPTION 'lease lost: image % is % (lease %), not leased to %',
+            p_image_id, p_image.state, coalesce(p_image.lease_owner, 'none'), p_owner
+            USING ERRCODE = 'FS001';
+    END IF;
+    IF p_image.started_attempt IS NULL THEN
+        RAISE EXCEPTION 'image % was never started under lease %', p_image_id, p_owner
+            USING ERRCODE = 'FS002';
+    END IF;
+END
+$$;
+
+-- In-process cascade: the detector ran out of (GPU) memory at this step and goes on at
+-- the next one without leaving the process. Closes the attempt as failed (oom) and opens
+-- one at the next step. No row when the cascade has no further step.
+CREATE OR REPLACE FUNCTION facescan.step_down(p_image_id bigint, p_owner text, p_error text)
+RETURNS TABLE (step smallint, model text, scale real, attempt_id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_image facescan.images;
+    v_lib facescan.libraries;
+    v_attempt bigint;
+BEGIN
+    SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
+    PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
+    SELECT * INTO v_lib FROM facescan.libraries l WHERE l.name = v_image.library;
+    IF v_image.step + 1 >= cardinality(v_lib.cascade_models) THEN
+        RETURN;
+    END IF;
+    UPDATE facescan.attempts
+    SET finished_at = now(), outcome = 'failed', error_type = 'oom', error = p_error
+    WHERE id = v_image.started_attempt;
+    INSERT INTO facescan.attempts (image_id, library, worker, step, model, scale)
+    VALUES (v_image.id, v_image.library, p_owner, v_image.step + 1,
+            v_lib.cascade_models[v_image.step + 2], v_lib.cascade_scales[v_image.step + 2])
+    RETURNING id INTO v_attempt;
+    UPDATE facescan.images SET started_attempt = v_attempt, step = v_image.step + 1
+    WHERE id = p_image_id;
+    RETURN QUERY SELECT (v_image.step + 1)::smallint, v_lib.cascade_models[v_image.step + 2],
+        v_lib.cascade_scales[v_image.step + 2], v_attempt;
+END
+$$;
+
+-- Commits the result of an image: detection row and faces replaced, failure row cleared,
+-- attempt closed, image done. Refused (FS001) unless p_owner still holds the image.
+-- p_faces: [{"top", "right", "bottom", "left", "score", "landmarks": [x, y, ...],
+--            "embedding": [128 or 512 numbers]}], boxes in original pixels.
+CREATE OR REPLACE FUNCTION facescan.complete_image(
+    p_image_id bigint,
+    p_owner text,
+    p_max_dimension integer,
+    p_original_width integer,
+    p_original_height integer,
+    p_duration_ms integer,
+    p_faces jsonb
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_image facescan.images;
+    v_attempt facescan.attempts;
+    v_lib facescan.libraries;
+    v_faces integer;
+    v_degraded boolean;
+BEGIN
+    SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
+    PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
+    IF jsonb_typeof(p_faces) IS DISTINCT FROM 'array' OR EXISTS (
+        SELECT 1 FROM jsonb_array_elements(p_faces) AS e (face)
+        WHERE jsonb_typeof(face -> 'embedding') = 'array'
+          AND jsonb_array_length(face -> 'embedding') NOT IN (128, 512)
+    ) THEN
+        RAISE EXCEPTION 'faces of image % must be a JSON array whose embeddings have 128 '
+            '(dlib) or 512 (ArcFace) numbers', p_image_id USING ERRCODE = 'FS005';
+    END IF;
+    SELECT * INTO v_attempt FROM facescan.attempts WHERE id = v_image.started_attempt;
+    SELECT * INTO v_lib FROM facescan.libraries WHERE name = v_image.library;
+    v_degraded := v_attempt.model <> v_lib.cascade_models[1]
+                  OR v_attempt.scale < v_lib.cascade_scales[1];
+
+    DELETE FROM facescan.faces WHERE image_id = p_image_id;
+    INSERT INTO facescan.faces (image_id, box_top, box_right, box_bottom, box_left, score,
+                                landmarks, model, embedding_dlib, embedding_arcface)
+    SELECT p_image_id, f.top, f."right", f.bottom, f."left", f.score, f.landmarks,
+           v_attempt.model,
+           CASE WHEN jsonb_array_length(f.embedding) = 128 THEN f.embedding::text::vector END,
+           CASE WHEN jsonb_array_length(f.embedding) = 512 THEN f.embedding::text::vector END
+    FROM jsonb_to_recordset(p_faces) AS f (
+        top integer, "right" integer, bottom integer, "left" integer, score real,
+        landmarks real[], embedding jsonb);
+    GET DIAGNOSTICS v_faces = ROW_COUNT;
+
+    INSERT INTO facescan.detections (image_id, model, scale, max_dimension, step, face_count,
+        original_width, original_height, degraded, duration_ms, worker)
+    VALUES (p_image_id, v_attempt.model, v_attempt.scale, p_max_dimension, v_attempt.step,
+        v_faces, p_original_width, p_original_height, v_degraded, p_duration_ms, p_owner)
+    ON CONFLICT (image_id) DO UPDATE SET
+        model = EXCLUDED.model, scale = EXCLUDED.scale, max_dimension = EXCLUDED.max_dimension,
+        step = EXCLUDED.step, face_count = EXCLUDED.face_count,
+        original_width = EXCLUDED.original_width, original_height = EXCLUDED.original_height,
+        degraded = EXCLUDED.degraded, duration_ms = EXCLUDED.duration_ms,
+        worker = EXCLUDED.worker, detected_at = now();
+    DELETE FROM facescan.failures WHERE image_id = p_image_id;
+    UPDATE facescan.attempts SET finished_at = now(), outcome = 'done'
+    WHERE id = v_image.started_attempt;
+    UPDATE facescan.images
+    SET state = 'done', lease_owner = NULL, started_attempt = NULL, error_type = NULL,
+        degraded = v_degraded, face_count = v_faces, updated_at = now()
+    WHERE id = p_image_id;
+END
+$$;
+
+-- Charges one failure to a started image and moves it on, by the failure type's policy:
+--   unavailable          not the image's fault: back to pending after a delay, no attempt
+--                        charged, no failure row (so an outage cannot flood failures)
+--   oom, timeout         next cascade step, runnable now, not charged (unless last step)
+--   decode               charged; dead after decode_max_attempts
+--   missing              charged, at least missing_backoff_s between attempts
+--   anything else        charged, backoff base x multiplier^(n-1) capped; dead at max
+CREATE OR REPLACE FUNCTION facescan.charge_failure(
+    p_image facescan.images,
+    p_error_type facescan.error_type,
+    p_error text,
+    p_original_width integer DEFAULT NULL,
+    p_original_height integer DEFAULT NULL,
+    p_file_bytes bigint DEFAULT NULL
+) RETURNS TABLE (state facescan.image_state, step smallint, next_attempt_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    v_lib facescan.libraries;
+    v_attempt facescan.attempts;
+    v_state facescan.image_state := 'pending';
+    v_step smallint := p_image.step;
+    v_attempts smallint := p_image.attempts;
+    v_limit integer;
+    v_delay double precision := 0;
+BEGIN
+    SELECT * INTO v_lib FROM facescan.libraries l WHERE l.name = p_image.library;
+    UPDATE facescan.attempts a
+    SET finished_at = now(), outcome = 'failed', error_type = p_error_type, error = p_error
+    WHERE a.id = p_image.started_attempt
+    RETURNING * INTO v_attempt;
+
+    IF p_error_type = 'unavailable' THEN
+        v_delay := v_lib.unavailable_delay_s;
+    ELSIF p_error_type IN ('oom', 'timeout')
+          AND p_image.step + 1 < cardinality(v_lib.cascade_models) THEN
+        v_step := p_image.step + 1;
+    ELSE
+        v_attempts := p_image.attempts + 1;
+        v_limit := CASE WHEN p_error_type = 'decode'
+                        THEN least(v_lib.decode_max_attempts, v_lib.max_attempts)
+                        ELSE v_lib.max_attempts END;
+        IF v_attempts >= v_limit THEN
+            v_state := 'dead';
+        ELSE
+            v_delay := least(v_lib.backoff_cap_s,
+                             v_lib.backoff_base_s * v_lib.backoff_multiplier ^ (v_attempts - 1));
+            IF p_error_type = 'missing' THEN
+                v_delay := greatest(v_delay, v_lib.missing_backoff_s);
+            END IF;
+        END IF;
+    END IF;
+
+    UPDATE facescan.images i
+    SET state = v_state, step = v_step, attempts = v_attempts,
+        error_type = CASE WHEN p_error_type = 'unavailable' THEN i.error_type
+                          ELSE p_error_type END,
+        next_attempt_at = now() + make_interval(secs => v_delay),
+        lease_owner = NULL, started_attempt = NULL, updated_at = now()
+    WHERE i.id = p_image.id;
+
+    IF p_error_type <> 'unavailable' THEN
+        INSERT INTO facescan.failures AS f (image_id, attempts, error_type, last_error,
+            original_width, original_height, file_bytes, last_scale, last_model,
+            next_retry_at, dead)
+        VALUES (p_image.id, 1, p_error_type, p_error,
+            coalesce(p_original_width, p_image.width), coalesce(p_original_height, p_image.height),
+            coalesce(p_file_bytes, p_image.file_bytes), v_attempt.scale, v_attempt.model,
+            CASE WHEN v_state = 'dead' THEN NULL
+                 ELSE now() + make_interval(secs => v_delay) END,
+            v_state = 'dead')
+        ON CONFLICT (image_id) DO UPDATE SET
+            attempts = f.attempts + 1, error_type = EXCLUDED.error_type,
+            last_error = EXCLUDED.last_error,
+            original_width = coalesce(EXCLUDED.original_width, f.original_width),
+            original_height = coalesce(EXCLUDED.original_height, f.original_height),
+            file_bytes = coalesce(EXCLUDED.file_bytes, f.file_bytes),
+            last_scale = EXCLUDED.last_scale, last_model = EXCLUDED.last_model,
+            last_failure_at = now(), next_retry_at = EXCLUDED.next_retry_at,
+            dead = EXCLUDED.dead;
+    END IF;
+    RETURN QUERY SELECT v_state, v_step, now() + make_interval(secs => v_delay);
+END
+$$;
+
+-- The lease holder reports a typed failure for the image it started.
+CREATE OR REPLACE FUNCTION facescan.fail_image(
+    p_image_id bigint,
+    p_owner text,
+    p_error_type facescan.error_type,
+    p_error text,
+    p_original_width integer DEFAULT NULL,
+    p_original_height integer DEFAULT NULL,
+    p_file_bytes bigint DEFAULT NULL
+) RETURNS TABLE (state facescan.image_state, step smallint, next_attempt_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_image facescan.images;
+BEGIN
+    SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
+    PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
+    RETURN QUERY SELECT * FROM facescan.charge_failure(v_image, p_error_type, p_error,
+        p_original_width, p_original_height, p_file_bytes);
+END
+$$;
+
+-- Ends a lease. The image it had started (at most one) is charged p_charge (oom when
+-- the pod was OOMKilled, crash when it died without a reason) or, with p_charge NULL
+-- (preemption, eviction), released uncharged. Unstarted images return to pending
+-- untouched. Returns the charged image (NULL if none) and how many were released.
+CREATE OR REPLACE FUNCTION facescan.release_lease(
+    p_owner text,
+    p_charge facescan.error_type DEFAULT NULL,
+    p_error text DEFAULT NULL
+) RETURNS TABLE (charged_image bigint, released integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_image facescan.images;
+    v_charged bigint;
+    v_released integer;
+BEGIN
+    PERFORM 1 FROM facescan.leases WHERE owner = p_owner FOR UPDATE;
+    SELECT * INTO v_image FROM facescan.images
+    WHERE lease_owner = p_owner AND state = 'leased' AND started_attempt IS NOT NULL
+    FOR UPDATE;
+    IF FOUND THEN
+        IF p_charge IS NULL THEN
+            UPDATE facescan.attempts SET finished_at = now(), outcome = 'released'
+            WHERE id = v_image.started_attempt;
+        ELSE
+            PERFORM facescan.charge_failure(v_image, p_charge,
+                coalesce(p_error, format('worker %s ended with image in progress', p_owner)));
+            v_charged := v_image.id;
+        END IF;
+    END IF;
+    UPDATE facescan.images
+    SET state = 'pending', lease_owner = NULL, started_attempt = NULL, updated_at = now()
+    WHERE lease_owner = p_owner AND state = 'leased';
+    GET DIAGNOSTICS v_released = ROW_COUNT;
+    DELETE FROM facescan.leases WHERE owner = p_owner;
+    RETURN QUERY SELECT v_charged, v_released;
+END
+$$;
+
+-- Ends every expired lease (its holder vanished): charges crash to the image each one
+-- had started, returns the rest of its batch untouched.
+CREATE OR REPLACE FUNCTION facescan.reclaim_expired(p_library text DEFAULT NULL)
+RETURNS TABLE (owner text, charged_image bigint, released integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_owner text;
+BEGIN
+    FOR v_owner IN
+        SELECT l.owner FROM facescan.leases l
+        WHERE l.expires_at < now() AND (p_library IS NULL OR l.library = p_library)
+        ORDER BY l.owner
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        RETURN QUERY SELECT v_owner, r.charged_image, r.released
+        FROM facescan.release_lease(v_owner, 'crash',
+            'lease expired: the worker stopped heartbeating (killed or vanished)') AS r;
+    END LOOP;
+END
+$$;
+
+-- Requeueing ------------------------------------------------------------------------
+
+-- Makes failing images runnable now with a fresh attempt budget: dead ones only with
+-- p_only_dead, optionally only one failure type or only the given paths.
+CREATE OR REPLACE FUNCTION facescan.requeue(
+    p_library text,
+    p_only_dead boolean DEFAULT false,
+    p_error_type facescan.error_type DEFAULT NULL,
+    p_paths text[] DEFAULT NULL
+) RETURNS integer
+LANGUAGE sql AS $$
+    WITH target AS (
+        SELECT i.id FROM facescan.images i
+        WHERE i.library = p_library AND i.error_type IS NOT NULL
+          AND i.state IN ('pending', 'dead')
+          AND (NOT p_only_dead OR i.state = 'dead')
+          AND (p_error_type IS NULL OR i.error_type = p_error_type)
+          AND (p_paths IS NULL OR i.path = ANY (p_paths))
+        FOR UPDATE
+    ), requeued AS (
+        UPDATE facescan.images i
+        SET state = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+        FROM target WHERE i.id = target.id
+        RETURNING i.id
+    ), revived AS (
+        UPDATE facescan.failures f SET dead = false, next_retry_at = now()
+        FROM requeued WHERE f.image_id = requeued.id
+    )
+    SELECT count(*)::integer FROM requeued
+$$;
+
+-- Queues done images again from the first cascade step: only degraded results (found
+-- at a reduced scale or with HOG) with p_only_degraded, optionally only given paths.
+-- Their faces stay until the new result replaces them.
+CREATE OR REPLACE FUNCTION facescan.rescan(
+    p_library text,
+    p_only_degraded boolean DEFAULT true,
+    p_paths text[] DEFAULT NULL
+) RETURNS integer
+LANGUAGE sql AS $$
+    WITH rescanned AS (
+        UPDATE facescan.images i
+        SET state = 'pending', step = 0, attempts = 0, next_attempt_at = now(),
+            updated_at = now()
+        WHERE i.library = p_library AND i.state = 'done'
+          AND (NOT p_only_degraded OR i.degraded)
+          AND (p_paths IS NULL OR i.path = ANY (p_paths))
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM rescanned
+$$;
+
+-- Reading the queue ---------------------------------------------------------------------
+
+-- Image and face counts of a library by state, failure type and degradation, from the
+-- counters (O(groups), not O(images)).
+CREATE OR REPLACE FUNCTION facescan.status_counts(p_library text)
+RETURNS TABLE (
+    state facescan.image_state, error_type facescan.error_type, degraded boolean,
+    images bigint, faces bigint
+)
+LANGUAGE sql STABLE AS $$
+    SELECT c.state, c.error_type, c.degraded, sum(c.images)::bigint, sum(c.faces)::bigint
+    FROM facescan.image_counts c
+    WHERE c.library = p_library
+    GROUP BY c.state, c.error_type, c.degraded
+    HAVING sum(c.images) <> 0 OR sum(c.faces) <> 0
+$$;
+
+-- Images runnable now, by (cascade step, size class), each group counted up to p_cap:
+-- what the planner needs to decide which batches to claim.
+CREATE OR REPLACE FUNCTION facescan.runnable_groups(p_library text, p_cap integer)
+RETURNS TABLE (step smallint, size_class smallint, runnable integer)
+LANGUAGE sql STABLE AS $$
+    SELECT g.step, g.size_class, r.runnable
+    FROM (
+        SELECT c.step, c.size_class FROM facescan.image_counts c
+        WHERE c.library = p_library AND c.state = 'pending'
+        GROUP BY c.step, c.size_class
+        HAVING sum(c.images) > 0
+    ) AS g
+    CROSS JOIN LATERAL (
+        SELECT count(*)::integer AS runnable FROM (
+            SELECT 1 FROM facescan.images i
+            WHERE i.library = p_library AND i.state = 'pending' AND i.step = g.step
+              AND i.size_class = g.size_class AND i.next_attempt_at <= now()
+            LIMIT p_cap
+        ) AS capped
+    ) AS r
+    WHERE r.runnable > 0
+    ORDER BY g.step, g.size_class
+$$;
+
+-- Outcomes of the last p_window finished attempts of a library: what the circuit breaker
+-- reads to tell an outage (unavailable) from bad images.
+CREATE OR REPLACE FUNCTION facescan.recent_outcomes(p_library text, p_window integer)
+RETURNS TABLE (finished integer, unavailable integer, failed integer)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*)::integer,
+           (count(*) FILTER (WHERE a.error_type = 'unavailable'))::integer,
+           (count(*) FILTER (WHERE a.outcome = 'failed'))::integer
+    FROM (
+        SELECT outcome, error_type FROM facescan.attempts
+        WHERE library = p_library AND finished_at IS NOT NULL
+        ORDER BY id DESC
+        LIMIT p_window
+    ) AS a
+$$;

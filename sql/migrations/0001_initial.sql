@@ -1,0 +1,226 @@
+-- 0001: the initial schema (tables, types, views; functions live in functions.sql).
+
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE SCHEMA facescan;
+
+CREATE TABLE facescan.schema_version (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- States of an image and the only moves between them (each made by one function below):
+--   pending -> leased     claim_batch
+--   leased  -> done       complete_image   (the lease holder, after start_next)
+--   leased  -> pending    fail_image (retry later or at the next cascade step),
+--                         release_lease / reclaim_expired (unstarted images, untouched)
+--   leased  -> dead       fail_image (attempts exhausted)
+--   dead    -> pending    requeue
+--   pending -> pending    requeue (retry now instead of after the backoff)
+--   done    -> pending    rescan
+-- guard_image_transition() refuses every other move, whoever makes it.
+CREATE TYPE facescan.image_state AS ENUM ('pending', 'leased', 'done', 'dead');
+
+-- The closed set of failure reasons (facescan_queue.types.ErrorType mirrors it).
+CREATE TYPE facescan.error_type AS ENUM (
+    'oom', 'timeout', 'decode', 'missing', 'permission', 'crash', 'unavailable', 'internal'
+);
+
+CREATE TYPE facescan.attempt_outcome AS ENUM ('done', 'failed', 'released');
+
+-- A library: one photo collection (one FaceScan on a cluster), with its cascade and
+-- retry policy. Every image belongs to one.
+CREATE TABLE facescan.libraries (
+    name text PRIMARY KEY CHECK (name <> ''),
+    cascade_models text[] NOT NULL DEFAULT '{cnn,cnn,cnn,cnn,cnn,hog}',
+    cascade_scales real[] NOT NULL DEFAULT '{1.0,0.75,0.5,0.33,0.25,1.0}',
+    backoff_base_s integer NOT NULL DEFAULT 60 CHECK (backoff_base_s > 0),
+    backoff_multiplier real NOT NULL DEFAULT 2 CHECK (backoff_multiplier >= 1),
+    backoff_cap_s integer NOT NULL DEFAULT 3600 CHECK (backoff_cap_s >= backoff_base_s),
+    max_attempts integer NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
+    decode_max_attempts integer NOT NULL DEFAULT 2 CHECK (decode_max_attempts >= 1),
+    missing_backoff_s integer NOT NULL DEFAULT 3600 CHECK (missing_backoff_s > 0),
+    unavailable_delay_s integer NOT NULL DEFAULT 60 CHECK (unavailable_delay_s > 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (cardinality(cascade_models) >= 1
+           AND cardinality(cascade_models) = cardinality(cascade_scales)
+           AND cascade_models <@ '{hog,cnn,insightface}'::text[]
+           AND 0 < ALL (cascade_scales) AND 1 >= ALL (cascade_scales))
+);
+
+-- Size classes group images of similar original megapixels so that small images run
+-- in small pods: 0 <= 2 MP, 1 <= 8 MP, 2 <= 16 MP, 3 <= 32 MP, 4 larger, 5 unknown.
+CREATE FUNCTION facescan.size_class(width integer, height integer) RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN width IS NULL OR height IS NULL THEN 5
+        WHEN width::bigint * height <= 2000000 THEN 0
+        WHEN width::bigint * height <= 8000000 THEN 1
+        WHEN width::bigint * height <= 16000000 THEN 2
+        WHEN width::bigint * height <= 32000000 THEN 3
+        ELSE 4
+    END::smallint
+$$;
+
+-- A worker's hold on a batch. The owner names the worker (a Job, a subprocess).
+CREATE TABLE facescan.leases (
+    owner text PRIMARY KEY CHECK (owner <> ''),
+    library text NOT NULL REFERENCES facescan.libraries (name) ON DELETE CASCADE,
+    step smallint NOT NULL,
+    size_class smallint NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    heartbeat_at timestamptz
+);
+CREATE INDEX leases_expiry ON facescan.leases (expires_at);
+
+CREATE TABLE facescan.images (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    library text NOT NULL REFERENCES facescan.libraries (name) ON DELETE CASCADE,
+    -- relative to the library root; never absolute, never climbing out of it
+    path text NOT NULL CONSTRAINT images_path_relative
+        CHECK (path <> '' AND path !~ '^/' AND path !~ '(^|/)\.\.(/|$)'),
+    width integer CHECK (width > 0),
+    height integer CHECK (height > 0),
+    file_bytes bigint CHECK (file_bytes >= 0),
+    size_class smallint NOT NULL GENERATED ALWAYS AS (facescan.size_class(width, height)) STORED,
+    priority smallint NOT NULL DEFAULT 0,
+    state facescan.image_state NOT NULL DEFAULT 'pending',
+    step smallint NOT NULL DEFAULT 0 CHECK (step >= 0),
+    -- attempts charged against the library's max_attempts (step-downs are not charged)
+    attempts smallint NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    -- the last failure's type while the image is failing; NULL when fresh or done
+    error_type facescan.error_type,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    lease_owner text REFERENCES facescan.leases (owner),
+    -- the open attempt of the current lease holder (set by start_next)
+    started_attempt bigint,
+    degraded boolean NOT NULL DEFAULT false,
+    face_count integer NOT NULL DEFAULT 0,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT images_library_path_key UNIQUE (library, path),
+    CONSTRAINT images_leased_has_owner CHECK ((state = 'leased') = (lease_owner IS NOT NULL)),
+    CONSTRAINT images_started_is_leased CHECK (started_attempt IS NULL OR state = 'leased')
+);
+-- The runnable queue: claim walks this partial index in claim order.
+CREATE INDEX images_runnable ON facescan.images
+    (library, step, size_class, priority DESC, attempts, id) WHERE state = 'pending';
+CREATE INDEX images_leased ON facescan.images (lease_owner) WHERE state = 'leased';
+CREATE INDEX images_failing ON facescan.images (library, error_type)
+    WHERE error_type IS NOT NULL;
+
+-- One row per image whose detection really ran (even with 0 faces).
+CREATE TABLE facescan.detections (
+    image_id bigint PRIMARY KEY REFERENCES facescan.images (id) ON DELETE CASCADE,
+    model text NOT NULL,
+    scale real NOT NULL,
+    max_dimension integer NOT NULL,
+    step smallint NOT NULL,
+    face_count integer NOT NULL,
+    original_width integer,
+    original_height integer,
+    degraded boolean NOT NULL,
+    duration_ms integer NOT NULL,
+    worker text NOT NULL,
+    detected_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Boxes are in ORIGINAL image pixels, in the orientation a person sees the image.
+CREATE TABLE facescan.faces (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    image_id bigint NOT NULL REFERENCES facescan.images (id) ON DELETE CASCADE,
+    box_top integer NOT NULL,
+    box_right integer NOT NULL,
+    box_bottom integer NOT NULL,
+    box_left integer NOT NULL,
+    score real,
+    landmarks real[],  -- x1, y1, x2, y2, ... in original pixels
+    model text NOT NULL,
+    embedding_dlib vector(128),
+    embedding_arcface vector(512),
+    CHECK (box_left <= box_right AND box_top <= box_bottom),
+    CHECK (num_nonnulls(embedding_dlib, embedding_arcface) <= 1)
+);
+CREATE INDEX faces_image ON facescan.faces (image_id);
+CREATE INDEX faces_embedding_dlib ON facescan.faces USING hnsw (embedding_dlib vector_l2_ops);
+CREATE INDEX faces_embedding_arcface ON facescan.faces
+    USING hnsw (embedding_arcface vector_cosine_ops);
+
+-- One row per failing image (cleared when it succeeds, kept when it is dead).
+CREATE TABLE facescan.failures (
+    image_id bigint PRIMARY KEY REFERENCES facescan.images (id) ON DELETE CASCADE,
+    attempts integer NOT NULL CHECK (attempts >= 1),  -- every failed attempt
+    error_type facescan.error_type NOT NULL,
+    last_error text NOT NULL,
+    original_width integer,
+    original_height integer,
+    file_bytes bigint,
+    last_scale real,
+    last_model text,
+    first_failure_at timestamptz NOT NULL DEFAULT now(),
+    last_failure_at timestamptz NOT NULL DEFAULT now(),
+    next_retry_at timestamptz,
+    dead boolean NOT NULL DEFAULT false
+);
+
+-- Append-only history of every processing attempt.
+CREATE TABLE facescan.attempts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    image_id bigint NOT NULL REFERENCES facescan.images (id) ON DELETE CASCADE,
+    library text NOT NULL,
+    worker text NOT NULL,
+    step smallint NOT NULL,
+    model text NOT NULL,
+    scale real NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    outcome facescan.attempt_outcome,
+    error_type facescan.error_type,
+    error text,
+    CHECK ((outcome = 'failed') = (error_type IS NOT NULL))
+);
+CREATE INDEX attempts_image ON facescan.attempts (image_id);
+CREATE INDEX attempts_library_recent ON facescan.attempts (library, id DESC)
+    WHERE finished_at IS NOT NULL;
+
+ALTER TABLE facescan.images ADD CONSTRAINT images_started_attempt_fkey
+    FOREIGN KEY (started_attempt) REFERENCES facescan.attempts (id);
+
+-- Counters that make status O(groups), not O(images). Maintained by statement-level
+-- triggers on images; each backend writes its own shard so workers never queue on one
+-- hot row. compact_counts() folds shards and drops zero rows.
+CREATE TABLE facescan.image_counts (
+    library text NOT NULL,
+    state facescan.image_state NOT NULL,
+    step smallint NOT NULL,
+    size_class smallint NOT NULL,
+    error_type facescan.error_type,
+    degraded boolean NOT NULL,
+    shard smallint NOT NULL,
+    images bigint NOT NULL,
+    faces bigint NOT NULL,
+    CONSTRAINT image_counts_key UNIQUE NULLS NOT DISTINCT
+        (library, state, step, size_class, error_type, degraded, shard)
+);
+
+-- A view shaped like the older worker's face_detection_failures table.
+CREATE VIEW facescan.face_detection_failures AS
+SELECT
+    f.image_id AS id,
+    i.path AS image_path,
+    f.attempts AS retry_count,
+    f.last_error,
+    f.error_type::text AS last_error_type,
+    f.original_width,
+    f.original_height,
+    f.file_bytes AS file_size_bytes,
+    f.last_scale AS last_attempted_scale,
+    f.first_failure_at,
+    f.last_failure_at,
+    f.next_retry_at AS next_retry_after,
+    f.dead AS permanently_failed
+FROM facescan.failures f
+JOIN facescan.images i ON i.id = f.image_id;
+
+INSERT INTO facescan.schema_version (version, description) VALUES (1, 'initial schema');

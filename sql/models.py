@@ -1,0 +1,209 @@
+"""Typed rows the queue returns: what a claim, a start, a failure or a status gives back.
+
+Plain frozen dataclasses (they are built on hot paths); created by the repository only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from facescan_queue.types import ErrorType, ImageState
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryPolicy:
+    """A library's cascade and retry policy; None keeps the stored (or default) value."""
+
+    cascade_models: tuple[str, ...] | None = None
+    cascade_scales: tuple[float, ...] | None = None
+    backoff_base_s: int | None = None
+    backoff_multiplier: float | None = None
+    backoff_cap_s: int | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """A library as stored."""
+
+    name: str
+    cascade: tuple[tuple[str, float], ...]
+    backoff_base_s: int
+    backoff_multiplier: float
+    backoff_cap_s: int
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewImage:
+    """An image to register: a path relative to the library root, header facts if known."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    file_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedImage:
+    """An image leased to a worker by claim_batch."""
+
+    image_id: int
+    path: str
+    width: int | None
+    height: int | None
+    file_bytes: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartedImage:
+    """The image a worker is about to process, with its cascade step."""
+
+    image_id: int
+    path: str
+    width: int | None
+    height: int | None
+    file_bytes: int | None
+    step: int
+    model: str
+    scale: float
+    attempt_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeStep:
+    """Where an in-process step-down goes next."""
+
+    step: int
+    model: str
+    scale: float
+    attempt_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class FaceResult:
+    """One face, box in original pixels (as a person sees the image)."""
+
+    top: int
+    right: int
+    bottom: int
+    left: int
+    score: float | None = None
+    landmarks: tuple[float, ...] = ()
+    embedding: tuple[float, ...] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "top": self.top,
+            "right": self.right,
+            "bottom": self.bottom,
+            "left": self.left,
+            "score": self.score,
+            "landmarks": list(self.landmarks),
+            "embedding": None if self.embedding is None else list(self.embedding),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionResult:
+    """What complete_image commits for one image."""
+
+    faces: tuple[FaceResult, ...]
+    max_dimension: int
+    duration_ms: int
+    original_width: int | None = None
+    original_height: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailureOutcome:
+    """Where a failed image went: retry later, next cascade step, or dead."""
+
+    state: ImageState
+    step: int
+    next_attempt_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A lease ended: the image charged (if any) and how many went back to the queue."""
+
+    owner: str
+    charged_image: int | None
+    released: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCount:
+    """Runnable images of one (cascade step, size class) group, counted up to a cap."""
+
+    step: int
+    size_class: int
+    runnable: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecentOutcomes:
+    """The last finished attempts of a library, for the circuit breaker."""
+
+    finished: int
+    unavailable: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """A library's counts. ``retrying`` are pending images with a failure behind them."""
+
+    images: int = 0
+    pending: int = 0
+    leased: int = 0
+    done: int = 0
+    degraded: int = 0
+    retrying: int = 0
+    dead: int = 0
+    faces: int = 0
+    by_error_type: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "pending": self.pending,
+            "leased": self.leased,
+            "done": self.done,
+            "degraded": self.degraded,
+            "retrying": self.retrying,
+            "dead": self.dead,
+            "faces": self.faces,
+            "by_error_type": dict(sorted(self.by_error_type.items())),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRow:
+    """One failing image, as `facescan failures` lists it."""
+
+    path: str
+    error_type: ErrorType
+    attempts: int
+    last_error: str
+    next_retry_at: datetime | None
+    dead: bool
+    last_model: str | None
+    last_scale: float | None
+    last_failure_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """An active lease."""
+
+    owner: str
+    step: int
+    size_class: int
+    claimed_at: datetime
+    expires_at: datetime
+    images: int

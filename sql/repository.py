@@ -1,0 +1,390 @@
+"""A thin async client of the queue: one method per state-machine function in SQL.
+
+Used by the operator (register, claim, release, reclaim, status) and by the detector
+(start, step down, complete, fail, heartbeat). It adds no logic of its own beyond typing
+results, translating driver errors into ``facescan_queue.errors`` and retrying a call
+that PostgreSQL aborted for a deadlock or a serialization conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any, Self
+
+import asyncpg
+
+from facescan_queue import errors
+from facescan_queue.models import (
+    CascadeStep,
+    ClaimedImage,
+    DetectionResult,
+    FailureOutcome,
+    FailureRow,
+    GroupCount,
+    LeaseInfo,
+    Library,
+    LibraryPolicy,
+    NewImage,
+    QueueStatus,
+    RecentOutcomes,
+    Released,
+    StartedImage,
+)
+from facescan_queue.queries import latest_version, query
+from facescan_queue.settings import DatabaseSettings
+from facescan_queue.types import ErrorType, ImageState
+
+_RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+_RETRIES = 5
+_REGISTER_CHUNK = 10_000
+
+
+class Queue:
+    """The queue of one database, over a small connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._target = settings.target()
+        self._user = settings.user()
+
+    @classmethod
+    async def connect(
+        cls,
+        settings: DatabaseSettings | None = None,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        check_schema: bool = True,
+    ) -> Self:
+        """Opens the pool; with check_schema, refuses a missing or mismatched schema and
+        names any missing privilege with the GRANT to run."""
+        settings = settings or DatabaseSettings()
+        target, user = settings.target(), settings.user()
+        with errors.translated(target=target, user=user):
+            pool = await asyncpg.create_pool(
+                settings.dsn_value(),
+                min_size=min_size,
+                max_size=max_size,
+                timeout=settings.connect_timeout_s,
+                command_timeout=settings.command_timeout_s,
+            )
+        queue = cls(pool, settings)
+        if check_schema:
+            try:
+                await queue.check_schema()
+            except BaseException:
+                await queue.close()
+                raise
+        return queue
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    @property
+    def target(self) -> str:
+        """host:port/database, for messages."""
+        return self._target
+
+    # -- plumbing -------------------------------------------------------------------
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        sql = query(name)
+        for attempt in range(_RETRIES):
+            try:
+                with errors.translated(target=self._target, user=self._user):
+                    return await self._pool.fetch(sql, *args)
+            except _RETRYABLE:
+                if attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _value(self, name: str, *args: Any) -> Any:
+        rows = await self._fetch(name, *args)
+        return rows[0][0] if rows else None
+
+    # -- schema ---------------------------------------------------------------------
+
+    async def check_schema(self) -> int:
+        """The schema version, after checking it is this facescan's and usable."""
+        if not await self._value("facescan_schema_exists"):
+            raise errors.SchemaError(
+                f"no facescan schema on {self._target}: run `facescan db migrate`"
+            )
+        if not await self._value("schema_usage"):
+            raise errors.PermissionDenied(errors.grant_advice(self._user, "schema facescan"))
+        refused = [r["table_name"] for r in await self._fetch("table_privileges") if not r[1]]
+        if refused:
+            raise errors.PermissionDenied(
+                errors.grant_advice(self._user, "table(s) " + ", ".join(refused))
+            )
+        found = await self._value("schema_version")
+        expected = latest_version()
+        if found is None or found < expected:
+            raise errors.SchemaError(
+                f"the facescan schema on {self._target} is at version {found}, this facescan "
+                f"needs {expected}: run `facescan db migrate`"
+            )
+        if found > expected:
+            raise errors.SchemaError(
+                f"the facescan schema on {self._target} is at version {found}, newer than "
+                f"this facescan understands ({expected}): upgrade facescan"
+            )
+        return int(found)
+
+    # -- libraries and registration -------------------------------------------------------
+
+    async def ensure_library(self, name: str, policy: LibraryPolicy | None = None) -> Library:
+        """Creates the library, or updates the policy fields given."""
+        p = policy or LibraryPolicy()
+        row = (
+            await self._fetch(
+                "ensure_library",
+                name,
+                list(p.cascade_models) if p.cascade_models is not None else None,
+                list(p.cascade_scales) if p.cascade_scales is not None else None,
+                p.backoff_base_s,
+                p.backoff_multiplier,
+                p.backoff_cap_s,
+                p.max_attempts,
+            )
+        )[0]
+        return Library(
+            name=row["name"],
+            cascade=tuple(zip(row["cascade_models"], row["cascade_scales"], strict=True)),
+            backoff_base_s=row["backoff_base_s"],
+            backoff_multiplier=row["backoff_multiplier"],
+            backoff_cap_s=row["backoff_cap_s"],
+            max_attempts=row["max_attempts"],
+        )
+
+    async def register(
+        self, library: str, images: Sequence[NewImage], *, priority: int = 0
+    ) -> int:
+        """Registers images (idempotent); returns how many were new."""
+        added = 0
+        for start in range(0, len(images), _REGISTER_CHUNK):
+            chunk = images[start : start + _REGISTER_CHUNK]
+            added += await self._value(
+                "register_images",
+                library,
+                [i.path for i in chunk],
+                [i.width for i in chunk],
+                [i.height for i in chunk],
+                [i.file_bytes for i in chunk],
+                priority,
+            )
+        return added
+
+    # -- the lease holder's calls -------------------------------------------------------
+
+    async def claim(
+        self,
+        library: str,
+        owner: str,
+        *,
+        step: int,
+        size_class: int,
+        limit: int,
+        lease_seconds: int,
+    ) -> list[ClaimedImage]:
+        """Leases up to ``limit`` runnable images of one group to ``owner``."""
+        rows = await self._fetch(
+            "claim_batch", library, owner, step, size_class, limit, lease_seconds
+        )
+        return [ClaimedImage(*r) for r in rows]
+
+    async def heartbeat(self, owner: str, lease_seconds: int) -> bool:
+        """Extends the lease; False when it was reclaimed (stop working)."""
+        return bool(await self._value("heartbeat", owner, lease_seconds))
+
+    async def start_next(self, owner: str) -> StartedImage | None:
+        """Opens an attempt on the next unstarted image of the lease."""
+        rows = await self._fetch("start_next", owner)
+        return StartedImage(*rows[0]) if rows else None
+
+    async def step_down(self, image_id: int, owner: str, error: str) -> CascadeStep | None:
+        """In-process cascade after a GPU OOM; None when no step is left."""
+        rows = await self._fetch("step_down", image_id, owner, error)
+        return CascadeStep(*rows[0]) if rows else None
+
+    async def complete(self, image_id: int, owner: str, result: DetectionResult) -> None:
+        """Commits the faces of a started image (refused with LeaseLost if not ours)."""
+        faces = json.dumps([f.as_json() for f in result.faces], allow_nan=False)
+        await self._fetch(
+            "complete_image",
+            image_id,
+            owner,
+            result.max_dimension,
+            result.original_width,
+            result.original_height,
+            result.duration_ms,
+            faces,
+        )
+
+    async def fail(
+        self,
+        image_id: int,
+        owner: str,
+        error_type: ErrorType,
+        error: str,
+        *,
+        original_width: int | None = None,
+        original_height: int | None = None,
+        file_bytes: int | None = None,
+    ) -> FailureOutcome:
+        """Records a typed failure of a started image; says where it went."""
+        row = (
+            await self._fetch(
+                "fail_image",
+                image_id,
+                owner,
+                str(error_type),
+                error,
+                original_width,
+                original_height,
+                file_bytes,
+            )
+        )[0]
+        return FailureOutcome(ImageState(row["state"]), row["step"], row["next_attempt_at"])
+
+    async def release(
+        self, owner: str, *, charge: ErrorType | None = None, error: str | None = None
+    ) -> Released:
+        """Ends a lease: charges its started image (or not), returns the rest."""
+        row = (
+            await self._fetch(
+                "release_lease", owner, str(charge) if charge else None, error
+            )
+        )[0]
+        return Released(owner, row["charged_image"], row["released"])
+
+    # -- the control plane's calls -------------------------------------------------------
+
+    async def reclaim_expired(self, library: str | None = None) -> list[Released]:
+        """Ends every expired lease (charging crash to its started image)."""
+        rows = await self._fetch("reclaim_expired", library)
+        return [Released(*r) for r in rows]
+
+    async def requeue(
+        self,
+        library: str,
+        *,
+        only_dead: bool = False,
+        error_type: ErrorType | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> int:
+        """Makes failing images runnable now with a fresh attempt budget."""
+        return int(
+            await self._value(
+                "requeue",
+                library,
+                only_dead,
+                str(error_type) if error_type else None,
+                list(paths) if paths is not None else None,
+            )
+        )
+
+    async def rescan(
+        self, library: str, *, only_degraded: bool = True, paths: Sequence[str] | None = None
+    ) -> int:
+        """Queues done images again from the first cascade step."""
+        return int(
+            await self._value(
+                "rescan", library, only_degraded, list(paths) if paths is not None else None
+            )
+        )
+
+    async def status(self, library: str) -> QueueStatus:
+        """Counts by state, from the counters (fast at any size)."""
+        counts = {state: 0 for state in ImageState}
+        degraded = retrying = faces = 0
+        by_type: dict[str, int] = {}
+        for row in await self._fetch("status_counts", library):
+            state, error_type, n = ImageState(row["state"]), row["error_type"], row["images"]
+            counts[state] += n
+            faces += row["faces"]
+            if state is ImageState.DONE and row["degraded"]:
+                degraded += n
+            if error_type is not None and state in (ImageState.PENDING, ImageState.DEAD):
+                by_type[error_type] = by_type.get(error_type, 0) + n
+                if state is ImageState.PENDING:
+                    retrying += n
+        return QueueStatus(
+            images=sum(counts.values()),
+            pending=counts[ImageState.PENDING],
+            leased=counts[ImageState.LEASED],
+            done=counts[ImageState.DONE],
+            degraded=degraded,
+            retrying=retrying,
+            dead=counts[ImageState.DEAD],
+            faces=faces,
+            by_error_type={k: v for k, v in by_type.items() if v},
+        )
+
+    async def runnable_groups(self, library: str, *, cap: int) -> list[GroupCount]:
+        """Images runnable now per (step, size class), each counted up to ``cap``."""
+        return [GroupCount(*r) for r in await self._fetch("runnable_groups", library, cap)]
+
+    async def recent_outcomes(self, library: str, *, window: int) -> RecentOutcomes:
+        """Outcomes of the last ``window`` finished attempts."""
+        return RecentOutcomes(*(await self._fetch("recent_outcomes", library, window))[0])
+
+    async def leases(self, library: str) -> list[LeaseInfo]:
+        """Active leases of a library."""
+        return [LeaseInfo(*r) for r in await self._fetch("leases", library)]
+
+    async def failures(
+        self,
+        library: str,
+        *,
+        error_type: ErrorType | None = None,
+        dead_only: bool = False,
+        limit: int = 10_000,
+    ) -> list[FailureRow]:
+        """Failing images, one row each, by path."""
+        rows = await self._fetch(
+            "list_failures", library, str(error_type) if error_type else None, dead_only, limit
+        )
+        return [
+            FailureRow(
+                path=r["path"],
+                error_type=ErrorType(r["error_type"]),
+                attempts=r["attempts"],
+                last_error=r["last_error"],
+                next_retry_at=r["next_retry_at"],
+                dead=r["dead"],
+                last_model=r["last_model"],
+                last_scale=r["last_scale"],
+                last_failure_at=r["last_failure_at"],
+            )
+            for r in rows
+        ]
+
+    async def image(self, library: str, path: str) -> asyncpg.Record:
+        """One registered image with its detection summary; UnknownImage otherwise."""
+        rows = await self._fetch("image_by_path", library, path)
+        if not rows:
+            raise errors.UnknownImage(f"{path!r} is not a registered image of {library!r}")
+        return rows[0]
+
+    async def faces(self, image_id: int) -> list[asyncpg.Record]:
+        """The committed faces of one image."""
+        return await self._fetch("faces_of_image", image_id)
+
+    async def compact_counts(self) -> int:
+        """Folds counter shards (housekeeping; the reconcile loop calls it now and then)."""
+        return int(await self._value("compact_counts"))
+
+    async def recount(self, library: str) -> None:
+        """Rebuilds a library's counters from its images (repair)."""
+        await self._fetch("recount", library)
