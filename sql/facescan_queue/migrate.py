@@ -85,7 +85,7 @@ async def _execute(conn: asyncpg.Connection, sql: str, what: str, user: str) -> 
     except asyncpg.InsufficientPrivilegeError as exc:
         raise errors.PermissionDenied(
             f"applying {what} was refused ({exc}). Run `facescan db migrate` as the owner of "
-            f"the database, or grant it: GRANT CREATE ON DATABASE <db> TO \"{user}\";"
+            f'the database, or grant it: GRANT CREATE ON DATABASE <db> TO "{user}";'
         ) from exc
 
 

@@ -51,9 +51,7 @@ def migrations() -> tuple[Migration, ...]:
     for entry in files(__package__).joinpath("migrations").iterdir():
         match = _MIGRATION.match(entry.name)
         if match:
-            found.append(
-                Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8"))
-            )
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):

@@ -19,11 +19,21 @@ SELECT facescan.heartbeat($1, $2);
 -- name: start_next
 SELECT * FROM facescan.start_next($1);
 
+-- name: peek_next
+-- the image start_next would start next (read only: lets a worker prefetch it)
+SELECT i.path FROM facescan.images i
+WHERE i.lease_owner = $1 AND i.state = 'leased' AND i.started_attempt IS NULL
+ORDER BY i.priority DESC, i.attempts, i.id
+LIMIT 1;
+
 -- name: step_down
 SELECT * FROM facescan.step_down($1, $2, $3);
 
 -- name: complete_image
 SELECT facescan.complete_image($1, $2, $3, $4, $5, $6, $7::jsonb);
+
+-- name: complete_and_start_next
+SELECT * FROM facescan.complete_and_start_next($1, $2, $3, $4, $5, $6, $7::jsonb);
 
 -- name: fail_image
 SELECT * FROM facescan.fail_image($1, $2, $3, $4, $5, $6, $7);

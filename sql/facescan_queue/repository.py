@@ -167,9 +167,7 @@ class Queue:
             max_attempts=row["max_attempts"],
         )
 
-    async def register(
-        self, library: str, images: Sequence[NewImage], *, priority: int = 0
-    ) -> int:
+    async def register(self, library: str, images: Sequence[NewImage], *, priority: int = 0) -> int:
         """Registers images (idempotent); returns how many were new."""
         added = 0
         for start in range(0, len(images), _REGISTER_CHUNK):
@@ -212,6 +210,10 @@ class Queue:
         rows = await self._fetch("start_next", owner)
         return StartedImage(*rows[0]) if rows else None
 
+    async def peek_next(self, owner: str) -> str | None:
+        """The path start_next would start next, without starting it (for prefetching)."""
+        return await self._value("peek_next", owner)  # type: ignore[no-any-return]
+
     async def step_down(self, image_id: int, owner: str, error: str) -> CascadeStep | None:
         """In-process cascade after a GPU OOM; None when no step is left."""
         rows = await self._fetch("step_down", image_id, owner, error)
@@ -219,17 +221,14 @@ class Queue:
 
     async def complete(self, image_id: int, owner: str, result: DetectionResult) -> None:
         """Commits the faces of a started image (refused with LeaseLost if not ours)."""
-        faces = json.dumps([f.as_json() for f in result.faces], allow_nan=False)
-        await self._fetch(
-            "complete_image",
-            image_id,
-            owner,
-            result.max_dimension,
-            result.original_width,
-            result.original_height,
-            result.duration_ms,
-            faces,
-        )
+        await self._fetch("complete_image", image_id, owner, *_result_args(result))
+
+    async def complete_and_start_next(
+        self, image_id: int, owner: str, result: DetectionResult
+    ) -> StartedImage | None:
+        """complete(), then start_next(), in one transaction (the detector's hot path)."""
+        rows = await self._fetch("complete_and_start_next", image_id, owner, *_result_args(result))
+        return StartedImage(*rows[0]) if rows else None
 
     async def fail(
         self,
@@ -261,11 +260,7 @@ class Queue:
         self, owner: str, *, charge: ErrorType | None = None, error: str | None = None
     ) -> Released:
         """Ends a lease: charges its started image (or not), returns the rest."""
-        row = (
-            await self._fetch(
-                "release_lease", owner, str(charge) if charge else None, error
-            )
-        )[0]
+        row = (await self._fetch("release_lease", owner, str(charge) if charge else None, error))[0]
         return Released(owner, row["charged_image"], row["released"])
 
     # -- the control plane's calls -------------------------------------------------------
@@ -388,3 +383,14 @@ class Queue:
     async def recount(self, library: str) -> None:
         """Rebuilds a library's counters from its images (repair)."""
         await self._fetch("recount", library)
+
+
+def _result_args(result: DetectionResult) -> tuple[Any, ...]:
+    faces = json.dumps([f.as_json() for f in result.faces], allow_nan=False)
+    return (
+        result.max_dimension,
+        result.original_width,
+        result.original_height,
+        result.duration_ms,
+        faces,
+    )

@@ -1,0 +1,336 @@
+"""The detector's main loop: turns each image of its lease into committed faces or a
+typed failure, one image at a time.
+
+Called by ``facescan-detector run`` (cli.py) inside a Job pod or a local subprocess.
+For each image: start it (an open attempt), load it (prefetched while the previous one
+was being detected), detect with the model of its cascade step, then commit the faces
+and start the next image in one transaction. A GPU out-of-memory steps down the
+cascade in-process; a host MemoryError, a hung detection or a dead mount is recorded
+and ends the process, handing the unstarted images back. The lease is heartbeated
+throughout; a database outage is waited out and never charged to an image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from facescan_detector.backends import FaceDetector, create_detector, scale_face
+from facescan_detector.errors import (
+    DetectionTimeout,
+    DetectorError,
+    DetectorOOM,
+    StartupError,
+)
+from facescan_detector.loading import LoadedImage, load_image
+from facescan_detector.settings import DetectorSettings
+from facescan_queue.errors import DatabaseUnavailable, IllegalTransition, LeaseLost
+from facescan_queue.models import DetectionResult, FaceResult, StartedImage
+from facescan_queue.repository import Queue
+from facescan_queue.settings import DatabaseSettings
+from facescan_queue.types import ErrorType
+
+log = logging.getLogger("facescan.detector")
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_STARTUP = 2
+EXIT_TIMEOUT = 3
+EXIT_OOM = 4
+EXIT_UNAVAILABLE = 75
+
+
+@dataclass
+class RunSummary:
+    """What one run did; ``exit_code`` is a hint for the runner, the database is the truth."""
+
+    done: int = 0
+    failed: int = 0
+    faces: int = 0
+    exit_code: int = EXIT_OK
+    reason: str = "lease finished"
+    abandoned_thread: bool = False
+
+
+class _Stop(Exception):
+    """Ends the loop after the current image was recorded."""
+
+    def __init__(self, exit_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
+        self.reason = reason
+
+
+async def run(settings: DetectorSettings, database: DatabaseSettings) -> RunSummary:
+    """Works through the lease ``settings.lease_owner`` until nothing is left."""
+    queue = await _connect(database, settings.database_retry_s)
+    worker = _Worker(settings, queue)
+    try:
+        return await worker.run()
+    finally:
+        worker.close()
+        await queue.close()
+
+
+async def _connect(database: DatabaseSettings, patience_s: float) -> Queue:
+    deadline = time.monotonic() + patience_s
+    delay = 1.0
+    while True:
+        try:
+            return await Queue.connect(database, min_size=1, max_size=3)
+        except DatabaseUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable, retrying in %.0f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+class _Worker:
+    def __init__(self, settings: DetectorSettings, queue: Queue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.owner = settings.lease_owner
+        self.summary = RunSummary()
+        self.detectors: dict[str, FaceDetector] = {}
+        self.detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detect")
+        self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
+        self.prefetched: tuple[str, float, asyncio.Future[LoadedImage]] | None = None
+        self.lease_lost = False
+        self.unavailable_in_a_row = 0
+
+    def close(self) -> None:
+        for detector in self.detectors.values():
+            detector.close()
+        # a hung detection cannot be joined; the CLI exits the process hard then
+        self.detect_pool.shutdown(wait=not self.summary.abandoned_thread, cancel_futures=True)
+        self.load_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self) -> RunSummary:
+        beat = asyncio.create_task(self._heartbeat())
+        try:
+            image = await self._db(self.queue.start_next, self.owner)
+            while image is not None and not self.lease_lost:
+                image = await self._one(image)
+        except _Stop as stop:
+            self.summary.exit_code, self.summary.reason = stop.exit_code, stop.reason
+            await self._hand_back()
+        except LeaseLost as exc:
+            self.summary.reason = f"lease lost: {exc}"
+        finally:
+            beat.cancel()
+        if self.lease_lost and self.summary.reason == "lease finished":
+            self.summary.reason = "lease lost (reclaimed by the control plane)"
+        log.info(
+            "run ended: %s; %d done (%d faces), %d failed",
+            self.summary.reason,
+            self.summary.done,
+            self.summary.faces,
+            self.summary.failed,
+        )
+        return self.summary
+
+    async def _one(self, image: StartedImage) -> StartedImage | None:
+        """Processes one started image; returns the next started one."""
+        self._prefetch_next(image)
+        try:
+            result = await self._process(image)
+        except DetectorOOM as exc:
+            if exc.gpu:
+                step = await self._db(self.queue.step_down, image.image_id, self.owner, str(exc))
+                if step is not None:
+                    log.warning("%s: GPU out of memory, stepping down to %s", image.path, step)
+                    moved = replace(
+                        image,
+                        step=step.step,
+                        model=step.model,
+                        scale=step.scale,
+                        attempt_id=step.attempt_id,
+                    )
+                    return await self._one(moved)
+            await self._fail(image, exc)
+            if not exc.gpu:
+                raise _Stop(EXIT_OOM, f"host memory exhausted on {image.path}") from exc
+            return await self._db(self.queue.start_next, self.owner)
+        except DetectionTimeout as exc:
+            self.summary.abandoned_thread = True
+            await self._fail(image, exc)
+            raise _Stop(EXIT_TIMEOUT, str(exc)) from exc
+        except StartupError as exc:
+            await self._fail(image, exc, ErrorType.UNAVAILABLE)
+            raise _Stop(EXIT_STARTUP, f"detector cannot start: {exc}") from exc
+        except DetectorError as exc:
+            await self._fail(image, exc)
+            if exc.error_type is ErrorType.UNAVAILABLE:
+                self.unavailable_in_a_row += 1
+                if self.unavailable_in_a_row >= self.settings.max_unavailable:
+                    raise _Stop(EXIT_UNAVAILABLE, f"library unavailable: {exc}") from exc
+            else:
+                self.unavailable_in_a_row = 0
+            return await self._db(self.queue.start_next, self.owner)
+        self.unavailable_in_a_row = 0
+        try:
+            following = await self._db(
+                self.queue.complete_and_start_next, image.image_id, self.owner, result
+            )
+        except IllegalTransition:
+            # a retried commit whose first try had landed: the image is done already
+            following = await self._db(self.queue.start_next, self.owner)
+        self.summary.done += 1
+        self.summary.faces += len(result.faces)
+        log.info(
+            "%s: %d faces (%s@%g, %d ms)",
+            image.path,
+            len(result.faces),
+            image.model,
+            image.scale,
+            result.duration_ms,
+        )
+        return following
+
+    async def _process(self, image: StartedImage) -> DetectionResult:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        loaded = await self._load(image)
+        detector = self._detector(image.model)
+        try:
+            faces = await asyncio.wait_for(
+                loop.run_in_executor(self.detect_pool, detector.detect, loaded.pixels),
+                timeout=self.settings.image_timeout_s,
+            )
+        except TimeoutError:
+            raise DetectionTimeout(
+                f"{image.path}: detection with {image.model}@{image.scale:g} took longer "
+                f"than {self.settings.image_timeout_s:g} s"
+            ) from None
+        width, height = loaded.original_width, loaded.original_height
+        results = []
+        for face in faces:
+            f = scale_face(face, loaded.scale, width, height)
+            results.append(
+                FaceResult(
+                    top=round(f.top),
+                    right=round(f.right),
+                    bottom=round(f.bottom),
+                    left=round(f.left),
+                    score=float(f.score),
+                    landmarks=tuple(float(v) for point in f.landmarks for v in point),
+                    embedding=tuple(float(v) for v in f.embedding),
+                )
+            )
+        return DetectionResult(
+            faces=tuple(results),
+            max_dimension=self.settings.max_dimension,
+            duration_ms=round((time.monotonic() - started) * 1000),
+            original_width=width,
+            original_height=height,
+        )
+
+    def _detector(self, model: str) -> FaceDetector:
+        detector = self.detectors.get(model)
+        if detector is None:
+            detector = create_detector(
+                model, upsample=self.settings.hog_upsample, model_dir=self.settings.model_dir
+            )
+            detector.load()
+            self.detectors[model] = detector
+        return detector
+
+    async def _load(self, image: StartedImage) -> LoadedImage:
+        prefetched, self.prefetched = self.prefetched, None
+        if prefetched and prefetched[:2] == (image.path, image.scale):
+            return await prefetched[2]
+        if prefetched:
+            prefetched[2].cancel()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.load_pool, self._read, image.path, image.scale)
+
+    def _read(self, path: str, scale: float) -> LoadedImage:
+        return load_image(
+            self.settings.library_root,
+            path,
+            max_dimension=self.settings.max_dimension,
+            scale=scale,
+        )
+
+    def _prefetch_next(self, image: StartedImage) -> None:
+        if not self.settings.prefetch:
+            return
+
+        async def start() -> None:
+            path = await self.queue.peek_next(self.owner)
+            if path is None:
+                return
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self.load_pool, self._read, path, image.scale)
+            future.add_done_callback(_consume_exception)
+            self.prefetched = (path, image.scale, future)
+
+        # a failed peek only costs the prefetch
+        task = asyncio.ensure_future(start())
+        task.add_done_callback(_consume_exception)
+
+    async def _fail(
+        self,
+        image: StartedImage,
+        exc: DetectorError | StartupError,
+        as_type: ErrorType | None = None,
+    ) -> None:
+        error_type = as_type or getattr(exc, "error_type", ErrorType.INTERNAL)
+        message = f"{type(exc).__name__}: {exc}"
+        if exc.__cause__ is not None:
+            message += f" (caused by {type(exc.__cause__).__name__}: {exc.__cause__})"
+        outcome = await self._db(
+            self.queue.fail,
+            image.image_id,
+            self.owner,
+            error_type,
+            message,
+            file_bytes=image.file_bytes,
+        )
+        self.summary.failed += 1
+        log.warning("%s: %s -> %s (step %d)", image.path, message, outcome.state, outcome.step)
+
+    async def _hand_back(self) -> None:
+        """Returns the unstarted images of the lease to the queue, untouched."""
+        try:
+            released = await self.queue.release(self.owner)
+            log.info("handed %d unstarted images back", released.released)
+        except DatabaseUnavailable as exc:
+            log.warning("could not hand images back (the lease will expire): %s", exc)
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.queue.heartbeat(self.owner, self.settings.lease_seconds):
+                    self.lease_lost = True
+                    return
+            except DatabaseUnavailable as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _db(self, call: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
+        """A queue call, retried with backoff through a database outage."""
+        deadline = time.monotonic() + self.settings.database_retry_s
+        delay = 0.5
+        while True:
+            try:
+                return await call(*args, **kwargs)
+            except DatabaseUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise _Stop(EXIT_UNAVAILABLE, f"database unavailable: {exc}") from exc
+                log.warning("database unavailable, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,51 @@
+"""The detector's work assignment, from its environment (the Job contract) and flags.
+
+Read by ``facescan-detector run``. The operator (or the local runner) sets these in the
+pod's / subprocess's environment; command-line flags override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DetectorSettings(BaseSettings):
+    """What one detector process works on and how."""
+
+    model_config = SettingsConfigDict(env_prefix="FACESCAN_", extra="ignore")
+
+    lease_owner: str = Field(min_length=1)
+    """The lease this process works through (FACESCAN_LEASE_OWNER): a Job's name."""
+
+    library_root: Path
+    """The directory image paths are relative to (FACESCAN_LIBRARY_ROOT). Files outside
+    it, by path or by symlink, are refused."""
+
+    max_dimension: int = Field(default=1280, ge=0)
+    """Long side images are capped at before detection; 0 for no cap."""
+
+    image_timeout_s: float = Field(default=300.0, gt=0)
+    """Detection of one image is cut after this many seconds (failure type timeout)."""
+
+    lease_seconds: int = Field(default=120, ge=10)
+    """How long the lease lasts without a heartbeat; heartbeats come every third of it."""
+
+    hog_upsample: int = Field(default=1, ge=0, le=3)
+    """dlib upsamplings for HOG and CNN (1 finds faces down to ~40 px, as face_recognition)."""
+
+    model_dir: Path | None = None
+    """InsightFace models (det_*.onnx + w600k_*.onnx), e.g. a mounted volume."""
+
+    database_retry_s: float = Field(default=600.0, ge=0)
+    """How long a database outage is waited out (with backoff) before the process exits
+    75; images are never charged for it."""
+
+    max_unavailable: int = Field(default=3, ge=1)
+    """Consecutive images failing as unavailable (dead mount) before the process stops
+    and hands its remaining images back."""
+
+    prefetch: bool = True
+    """Decode the next image of the lease while the current one is being detected."""

