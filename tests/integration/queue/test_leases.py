@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+
 from facescan_queue import errors
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
