@@ -691,17 +691,19 @@ LANGUAGE sql STABLE AS $$
     ORDER BY g.step, g.size_class
 $$;
 
--- Outcomes of the last p_window finished attempts of a library: what the circuit breaker
--- reads to tell an outage (unavailable) from bad images.
-CREATE OR REPLACE FUNCTION facescan.recent_outcomes(p_library text, p_window integer)
-RETURNS TABLE (finished integer, unavailable integer, failed integer)
+-- Outcomes of the last p_window finished attempts of a library after attempt p_after_id:
+-- what the circuit breaker reads to tell an outage (unavailable) from bad images.
+CREATE OR REPLACE FUNCTION facescan.recent_outcomes(
+    p_library text, p_window integer, p_after_id bigint DEFAULT 0
+) RETURNS TABLE (finished integer, unavailable integer, failed integer, last_id bigint)
 LANGUAGE sql STABLE AS $$
     SELECT count(*)::integer,
            (count(*) FILTER (WHERE a.error_type = 'unavailable'))::integer,
-           (count(*) FILTER (WHERE a.outcome = 'failed'))::integer
+           (count(*) FILTER (WHERE a.outcome = 'failed'))::integer,
+           coalesce(max(a.id), p_after_id)
     FROM (
-        SELECT outcome, error_type FROM facescan.attempts
-        WHERE library = p_library AND finished_at IS NOT NULL
+        SELECT id, outcome, error_type FROM facescan.attempts
+        WHERE library = p_library AND finished_at IS NOT NULL AND id > p_after_id
         ORDER BY id DESC
         LIMIT p_window
     ) AS a

@@ -152,6 +152,7 @@ class RecentOutcomes:
     finished: int
     unavailable: int
     failed: int
+    last_id: int
 
 
 @dataclass(frozen=True, slots=True)

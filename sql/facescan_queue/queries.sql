@@ -57,7 +57,7 @@ SELECT * FROM facescan.status_counts($1);
 SELECT * FROM facescan.runnable_groups($1, $2);
 
 -- name: recent_outcomes
-SELECT * FROM facescan.recent_outcomes($1, $2);
+SELECT * FROM facescan.recent_outcomes($1, $2, $3);
 
 -- name: compact_counts
 SELECT facescan.compact_counts();
@@ -72,6 +72,9 @@ SELECT l.owner, l.step, l.size_class, l.claimed_at, l.expires_at,
 FROM facescan.leases l
 WHERE l.library = $1
 ORDER BY l.claimed_at, l.owner;
+
+-- name: libraries
+SELECT name FROM facescan.libraries ORDER BY name;
 
 -- name: list_failures
 SELECT i.path, f.error_type, f.attempts, f.last_error, f.next_retry_at, f.dead,
@@ -98,6 +101,20 @@ FROM facescan.faces f
 JOIN facescan.detections d ON d.image_id = f.image_id
 WHERE f.image_id = $1
 ORDER BY f.box_left, f.box_top, f.id;
+
+-- name: faces_per_image
+SELECT path, face_count FROM facescan.images
+WHERE library = $1 AND state = 'done'
+ORDER BY path;
+
+-- name: legacy_table_exists
+SELECT to_regclass('ai_metadata') IS NOT NULL;
+
+-- name: legacy_ai_metadata
+-- the older worker's list of images (facescan import-legacy)
+SELECT image_path, coalesce(is_processed, false) AS is_processed
+FROM ai_metadata
+ORDER BY image_path;
 
 -- name: table_privileges
 SELECT c.relname AS table_name,

@@ -330,9 +330,16 @@ class Queue:
         """Images runnable now per (step, size class), each counted up to ``cap``."""
         return [GroupCount(*r) for r in await self._fetch("runnable_groups", library, cap)]
 
-    async def recent_outcomes(self, library: str, *, window: int) -> RecentOutcomes:
-        """Outcomes of the last ``window`` finished attempts."""
-        return RecentOutcomes(*(await self._fetch("recent_outcomes", library, window))[0])
+    async def recent_outcomes(
+        self, library: str, *, window: int, after_id: int = 0
+    ) -> RecentOutcomes:
+        """Outcomes of the last ``window`` finished attempts after attempt ``after_id``."""
+        rows = await self._fetch("recent_outcomes", library, window, after_id)
+        return RecentOutcomes(*rows[0])
+
+    async def libraries(self) -> list[str]:
+        """Every library's name."""
+        return [r["name"] for r in await self._fetch("libraries")]
 
     async def leases(self, library: str) -> list[LeaseInfo]:
         """Active leases of a library."""
@@ -375,6 +382,19 @@ class Queue:
     async def faces(self, image_id: int) -> list[asyncpg.Record]:
         """The committed faces of one image."""
         return await self._fetch("faces_of_image", image_id)
+
+    async def faces_per_image(self, library: str) -> list[tuple[str, int]]:
+        """(path, face count) of every done image of a library."""
+        return [(r["path"], r["face_count"]) for r in await self._fetch("faces_per_image", library)]
+
+    async def legacy_images(self) -> list[tuple[str, bool]]:
+        """(image_path, is_processed) of the older worker's ai_metadata table."""
+        if not await self._value("legacy_table_exists"):
+            raise errors.SchemaError(
+                f"no table ai_metadata on {self._target}: nothing to import (the older "
+                "worker's table must be reachable on the search_path of this database)"
+            )
+        return [(r[0], r[1]) for r in await self._fetch("legacy_ai_metadata")]
 
     async def compact_counts(self) -> int:
         """Folds counter shards (housekeeping; the reconcile loop calls it now and then)."""

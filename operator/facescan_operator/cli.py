@@ -1,0 +1,279 @@
+"""`facescan`: scan a photo library on this machine and inspect the queue.
+
+Every command takes --dsn (a PostgreSQL URL; FACESCAN_DSN) or --data-dir (the embedded
+PostgreSQL's directory, used when no DSN is given). Exit codes: 0 success (failed images
+are data, not errors), 2 usage error or unknown image, 3 database error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import SecretStr
+
+from facescan_operator import commands
+from facescan_operator.embedded_db import EmbeddedDatabase, default_data_dir
+from facescan_queue.errors import QueueError, UnknownImage, UnknownLibrary
+from facescan_queue.migrate import migrate
+from facescan_queue.repository import Queue
+from facescan_queue.settings import DatabaseSettings
+from facescan_queue.types import ErrorType
+
+T = TypeVar("T")
+EXIT_DATABASE = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    help="Find every face in a photo library without losing one.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Manage the facescan database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        envvar="FACESCAN_DSN",
+        show_envvar=True,
+        help="PostgreSQL URL. Without it, an embedded PostgreSQL in --data-dir.",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Embedded PostgreSQL directory [default: $XDG_DATA_HOME/facescan/postgres].",
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")
+]
+
+
+def _database(dsn: str | None, data_dir: Path | None, *, create: bool) -> tuple[str, Any]:
+    if dsn:
+        return dsn, None
+    directory = data_dir or default_data_dir()
+    if not create and not (directory / "PG_VERSION").exists():
+        _fail(f"no facescan database in {directory}: run `facescan scan DIR` first, or give --dsn")
+    embedded = EmbeddedDatabase(directory)
+    return embedded.dsn, embedded
+
+
+def _run(
+    main: Callable[[Queue, str], Awaitable[T]],
+    dsn: str | None,
+    data_dir: Path | None,
+    *,
+    create: bool = False,
+) -> T:
+    url, embedded = _database(dsn, data_dir, create=create)
+    settings = DatabaseSettings(dsn=SecretStr(url))
+
+    async def go() -> T:
+        if create or embedded is not None:
+            await migrate(settings)
+        queue = await Queue.connect(settings, max_size=4)
+        try:
+            return await main(queue, url)
+        finally:
+            await queue.close()
+
+    try:
+        return asyncio.run(go())
+    except (UnknownImage, UnknownLibrary) as exc:
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except QueueError as exc:
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_DATABASE) from None
+    except KeyboardInterrupt:
+        print(
+            "facescan: interrupted; unfinished images were handed back to the queue",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _fail(message: str) -> None:
+    print(f"facescan: {message}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(data, default=str))
+    else:
+        print(text)
+
+
+@app.command()
+def scan(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Directories (or image files) to scan.", exists=True)
+    ],
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    model: Annotated[
+        commands.Model,
+        typer.Option(
+            help="Detection model; cnn and insightface "
+            "step down a cascade (smaller scales, then hog) when memory runs out."
+        ),
+    ] = commands.Model.HOG,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Detector processes at once [default: number of CPUs].")
+    ] = os.cpu_count() or 1,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="Most memory one detector may use, "
+            "e.g. 2G or 512M; enforced like a container limit."
+        ),
+    ] = None,
+    max_dimension: Annotated[
+        int, typer.Option(min=0, help="Cap on the long side before detection (0: none).")
+    ] = 1280,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per detector process.")] = 25,
+    image_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds per image before it fails as timeout.")
+    ] = 300.0,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="InsightFace ONNX models (det_*.onnx, w600k_*.onnx).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register every image under PATH and detect faces until none is runnable now.
+
+    Images already done are not redone: running it again resumes. Images that fail are
+    retried with backoff and listed by `facescan failures`.
+    """
+    try:
+        limit = commands.parse_size(memory_limit) if memory_limit else None
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    options = commands.ScanOptions(
+        model=model,
+        workers=workers,
+        memory_limit=limit,
+        max_dimension=max_dimension,
+        batch_size=batch_size,
+        image_timeout_s=image_timeout,
+        model_dir=model_dir,
+        progress=sys.stderr.isatty() and not as_json,
+    )
+    summary = _run(lambda q, url: commands.scan(q, url, paths, options), dsn, data_dir, create=True)
+    _emit(summary.as_json(), as_json, summary.text())
+
+
+@app.command()
+def status(
+    dsn: DsnOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+) -> None:
+    """Counts of every library: images, done, faces, retrying, dead, degraded."""
+    totals, per_library = _run(commands.status, dsn, data_dir)
+    data = {**totals.as_json(), "libraries": {k: v.as_json() for k, v in per_library.items()}}
+    _emit(data, as_json, commands.status_text(totals, per_library))
+
+
+@app.command()
+def failures(
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    error_type: Annotated[
+        ErrorType | None, typer.Option("--type", help="Only this failure type.")
+    ] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Only dead (given up) images.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """One row per failing image: path, error type, attempts, last error, next retry."""
+    rows = _run(lambda q, _: commands.failures(q, error_type, dead), dsn, data_dir)
+    _emit({"failures": rows}, as_json, commands.failures_text(rows))
+
+
+@app.command()
+def faces(
+    path: Annotated[Path, typer.Argument(help="A scanned image file.")],
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The faces of one image, in original pixels as a person sees it."""
+    result = _run(lambda q, _: commands.faces(q, path), dsn, data_dir)
+    _emit(result, as_json, commands.faces_text(result))
+
+
+@app.command()
+def requeue(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Only these image files.")] = None,
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Only dead images.")] = False,
+    error_type: Annotated[
+        ErrorType | None, typer.Option("--type", help="Only this failure type.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make failed images runnable again now, with a fresh attempt budget."""
+    count = _run(lambda q, _: commands.requeue(q, paths or [], dead, error_type), dsn, data_dir)
+    _emit(
+        {"requeued": count},
+        as_json,
+        f"requeued {count} images; run `facescan scan DIR` to process them",
+    )
+
+
+@db_app.command("migrate")
+def db_migrate(dsn: DsnOption = None, data_dir: DataDirOption = None) -> None:
+    """Create or upgrade the facescan schema (idempotent)."""
+    url, embedded = _database(dsn, data_dir, create=True)
+    try:
+        report = asyncio.run(migrate(DatabaseSettings(dsn=SecretStr(url))))
+    except QueueError as exc:
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_DATABASE) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    applied = ", ".join(report.applied) or "nothing to apply"
+    print(f"schema version {report.from_version} -> {report.to_version} ({applied})")
+    for note in report.notes:
+        print(f"note: {note}")
+
+
+@app.command("import-legacy")
+def import_legacy(
+    root: Annotated[Path, typer.Option(help="Library root the legacy image paths are under.")],
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register the images of the older worker's ai_metadata(image_path, is_processed) table.
+
+    Images it never processed are queued first; images it marked processed are queued
+    too, because it marked failures processed with 0 faces.
+    """
+    result = _run(lambda q, url: commands.import_legacy(q, url, root), dsn, data_dir, create=True)
+    _emit(result, as_json, commands.import_text(result))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
