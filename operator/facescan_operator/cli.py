@@ -271,6 +271,43 @@ def import_legacy(
     _emit(result, as_json, commands.import_text(result))
 
 
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="Watch only these namespaces [default: the whole cluster]."
+        ),
+    ] = None,
+    health_port: Annotated[
+        int, typer.Option(help="Liveness/readiness endpoint (/healthz).")
+    ] = 8081,
+    peering: Annotated[
+        str | None,
+        typer.Option(
+            help="kopf peering name, to run several "
+            "replicas safely (one active) [default: standalone]."
+        ),
+    ] = None,
+) -> None:
+    """Run the Kubernetes operator: reconcile every FaceScan (kopf).
+
+    It reads the database URL of each FaceScan from the Secret its spec names, and
+    serves Prometheus metrics on $FACESCAN_METRICS_PORT (default 8080).
+    """
+    import kopf
+
+    from facescan_operator.k8s import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        clusterwide=not namespace,
+        namespaces=namespace or (),
+        standalone=peering is None,
+        peering_name=peering,
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+    )
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,1 @@
+"""The Kubernetes runner: the FaceScan resource, detector Jobs, and the kopf operator."""

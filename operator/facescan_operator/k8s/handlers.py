@@ -1,0 +1,157 @@
+"""The kopf handlers of the FaceScan operator: a few lines each, all calling reconcile.
+
+Run with `facescan operator` (or `kopf run -m facescan_operator.k8s.handlers -A`). A
+timer reconciles every FaceScan level-based; create/update/resume only run it at once.
+Deleting a FaceScan deletes its Jobs and hands their images back; results stay in the
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import kopf
+from pydantic import SecretStr, ValidationError
+
+from facescan_operator.breaker import CircuitBreaker
+from facescan_operator.k8s import metrics
+from facescan_operator.k8s.jobs import ScanRef, scan_labels
+from facescan_operator.k8s.kube import ClusterApi
+from facescan_operator.k8s.reconcile import changed, reconcile
+from facescan_operator.k8s.spec import GROUP, PLURAL, VERSION, FaceScanSpec
+from facescan_operator.sizing import CalibrationTable
+from facescan_queue.errors import DatabaseUnavailable, QueueError
+from facescan_queue.migrate import migrate
+from facescan_queue.repository import Queue
+from facescan_queue.settings import DatabaseSettings
+
+INTERVAL_S = float(os.environ.get("FACESCAN_RECONCILE_INTERVAL_S", "10"))
+CALIBRATION = CalibrationTable.load(
+    Path(os.environ["FACESCAN_CALIBRATION"]) if os.environ.get("FACESCAN_CALIBRATION") else None
+)
+
+_kube: ClusterApi | None = None
+_queues: dict[str, Queue] = {}
+_breakers: dict[str, CircuitBreaker] = {}
+_locks: dict[str, asyncio.Lock] = {}
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/cleanup"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    port = os.environ.get("FACESCAN_METRICS_PORT", "8080")
+    if port != "0":
+        from prometheus_client import start_http_server
+
+        start_http_server(int(port))
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    for queue in _queues.values():
+        await queue.close()
+    _queues.clear()
+
+
+def _api() -> ClusterApi:
+    global _kube
+    if _kube is None:
+        _kube = ClusterApi()
+    return _kube
+
+
+async def _queue(namespace: str, spec: FaceScanSpec) -> Queue:
+    dsn = await _api().read_secret(namespace, spec.database.secret_name, spec.database.key)
+    queue = _queues.get(dsn)
+    if queue is None:
+        settings = DatabaseSettings(dsn=SecretStr(dsn))
+        await migrate(settings)
+        queue = _queues[dsn] = await Queue.connect(settings, max_size=4)
+    return queue
+
+
+def _spec(spec: Any) -> FaceScanSpec:
+    try:
+        return FaceScanSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"invalid FaceScan spec: {exc}") from exc
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.timer(GROUP, VERSION, PLURAL, interval=INTERVAL_S, initial_delay=0.5)
+async def reconcile_scan(
+    spec: Any,
+    status: Any,
+    namespace: str,
+    name: str,
+    uid: str,
+    body: Any,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    scan = ScanRef(namespace, name, uid)
+    parsed = _spec(spec)
+    breaker = _breakers.setdefault(uid, CircuitBreaker())
+    async with _locks.setdefault(uid, asyncio.Lock()):
+        started = time.monotonic()
+        try:
+            queue = await _queue(namespace, parsed)
+            outcome = await reconcile(
+                scan, parsed, queue, _api(), breaker, dict(status), calibration=CALIBRATION
+            )
+        except DatabaseUnavailable as exc:
+            breaker.database_down(str(exc), time.time())
+            kopf.warn(body, reason="DatabaseUnavailable", message=str(exc))
+            raise kopf.TemporaryError(f"database unavailable: {exc}", delay=15) from exc
+        except QueueError as exc:
+            raise kopf.TemporaryError(str(exc), delay=60) from exc
+        breaker.database_up()
+        metrics.RECONCILE_SECONDS.labels(name).observe(time.monotonic() - started)
+    for key, value in changed(dict(status), outcome.status).items():
+        patch.status[key] = value
+    for kind, reason, message in outcome.events:
+        (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=message)
+    metrics.record(name, outcome.status, outcome.created, outcome.oom_killed)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete_scan(
+    spec: Any, namespace: str, name: str, uid: str, logger: kopf.Logger, **_: Any
+) -> None:
+    scan = ScanRef(namespace, name, uid)
+    api = _api()
+    jobs = await api.list_jobs(namespace, scan_labels(scan))
+    try:
+        queue = await _queue(namespace, _spec(spec))
+    except (QueueError, KeyError) as exc:
+        logger.warning(
+            "cannot reach the database to hand images back (%s); their leases "
+            "expire and are reclaimed by the next FaceScan of this library",
+            exc,
+        )
+        queue = None
+    for job in jobs:
+        job_name = job["metadata"]["name"]
+        await api.delete_job(namespace, job_name)
+        if queue is not None:
+            await queue.release(job_name)
+    _breakers.pop(uid, None)
+    _locks.pop(uid, None)
+
+
+@kopf.on.probe(id="databases")
+async def databases(**_: Any) -> int:
+    """Liveness/readiness: how many database pools are open (probes fail if one is broken)."""
+    for queue in _queues.values():
+        await queue.status("-probe-")
+    return len(_queues)

@@ -1,0 +1,190 @@
+"""Builds the detector Job of one batch: a pure function of the FaceScan and the batch.
+
+Called by the operator's apply step. The Job runs `facescan-detector run` with the Job
+contract in its environment (lease owner = the Job's name), a memory request and limit
+from right-sizing, on the node pool that serves the batch's model, non-root with a
+read-only root filesystem. Retries are the operator's business: backoffLimit 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from facescan_operator.k8s.spec import GROUP, KIND, VERSION, FaceScanSpec, NodePool
+
+MIB = 1024 * 1024
+DETECTOR_UID = 10001
+LABEL_SCAN = f"{GROUP}/scan"
+LABEL_STEP = f"{GROUP}/step"
+LABEL_SIZE_CLASS = f"{GROUP}/size-class"
+LABEL_POOL = f"{GROUP}/pool"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+@dataclass(frozen=True)
+class ScanRef:
+    """The FaceScan a Job belongs to."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class JobBatch:
+    """One claimed batch: its lease owner is the Job's name."""
+
+    owner: str
+    step: int
+    size_class: int
+    model: str
+    scale: float
+    memory_bytes: int
+    images: int
+
+
+def scan_labels(scan: ScanRef) -> dict[str, str]:
+    """The labels every object of this FaceScan carries (also its Jobs' selector)."""
+    return {
+        "app.kubernetes.io/name": "facescan-detector",
+        "app.kubernetes.io/instance": scan.name,
+        "app.kubernetes.io/component": "detector",
+        "app.kubernetes.io/part-of": "facescan",
+        "app.kubernetes.io/managed-by": "facescan-operator",
+        LABEL_SCAN: scan.name,
+    }
+
+
+def job_name(scan_name: str, token: str) -> str:
+    """<scan>-<token>, at most 63 characters (it becomes a label value of the pods)."""
+    return f"{scan_name[: 62 - len(token)]}-{token}".strip("-")
+
+
+def _quantity(memory_bytes: int) -> str:
+    return f"{-(-memory_bytes // MIB)}Mi"
+
+
+def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> dict[str, Any]:
+    """The Job manifest for one batch."""
+    pool: NodePool = spec.pool_for(batch.model)
+    labels = {
+        **scan_labels(scan),
+        LABEL_STEP: str(batch.step),
+        LABEL_SIZE_CLASS: str(batch.size_class),
+        LABEL_POOL: pool.name,
+    }
+    job_labels = dict(labels)
+    if spec.kueue_queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.kueue_queue_name
+    memory = _quantity(batch.memory_bytes)
+    resources: dict[str, Any] = {
+        "requests": {"memory": memory, "cpu": spec.detector.cpu},
+        "limits": {"memory": memory},
+    }
+    if pool.is_gpu:
+        assert pool.gpu_resource_name is not None
+        resources["limits"][pool.gpu_resource_name] = str(pool.gpu_count)
+    env: list[dict[str, Any]] = [
+        {"name": "FACESCAN_LEASE_OWNER", "value": batch.owner},
+        {"name": "FACESCAN_LIBRARY_ROOT", "value": spec.library.mount_path},
+        {"name": "FACESCAN_MAX_DIMENSION", "value": str(spec.max_dimension)},
+        {"name": "FACESCAN_IMAGE_TIMEOUT_S", "value": str(spec.image_timeout_seconds)},
+        {"name": "FACESCAN_LEASE_SECONDS", "value": str(spec.lease_seconds)},
+        {
+            "name": "FACESCAN_DSN",
+            "valueFrom": {
+                "secretKeyRef": {"name": spec.database.secret_name, "key": spec.database.key}
+            },
+        },
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "MALLOC_ARENA_MAX", "value": "2"},
+    ]
+    mounts = [
+        {"name": "library", "mountPath": spec.library.mount_path, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "library", **spec.library.volume},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    if spec.detector.model_volume is not None:
+        env.append({"name": "FACESCAN_MODEL_DIR", "value": spec.detector.model_mount_path})
+        mounts.append(
+            {"name": "models", "mountPath": spec.detector.model_mount_path, "readOnly": True}
+        )
+        volumes.append({"name": "models", **spec.detector.model_volume})
+    image = (
+        spec.detector.gpu_image
+        if pool.is_gpu and spec.detector.gpu_image
+        else (spec.detector.image)
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": DETECTOR_UID,
+            "runAsGroup": DETECTOR_UID,
+            "fsGroup": DETECTOR_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "detector",
+                "image": image,
+                "imagePullPolicy": spec.detector.image_pull_policy,
+                "command": ["facescan-detector"],
+                "args": ["run"],
+                "env": env,
+                "resources": resources,
+                "volumeMounts": mounts,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    if pool.node_selector:
+        pod_spec["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in pool.tolerations]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+        # a hung pod cannot hold its images forever
+        "activeDeadlineSeconds": batch.images * spec.image_timeout_seconds + 900,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.kueue_queue_name:
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": batch.owner,
+            "namespace": scan.namespace,
+            "labels": job_labels,
+            "annotations": {
+                f"{GROUP}/model": batch.model,
+                f"{GROUP}/scale": f"{batch.scale:g}",
+                f"{GROUP}/images": str(batch.images),
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": KIND,
+                    "name": scan.name,
+                    "uid": scan.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }

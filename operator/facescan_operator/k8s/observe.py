@@ -1,0 +1,144 @@
+"""What the operator reads off the cluster: its detector Jobs and how their pods ended.
+
+Pure functions from Job and Pod manifests (plain dicts, as the API returns them) to a
+small typed view; used by the reconcile loop. A pod's end is only a hint of what
+happened to the images: the database is the truth, and the lease release that follows
+charges only an image that was really left in progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from facescan_operator.k8s.jobs import LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
+
+MIB = 1024 * 1024
+_UNITS = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+
+
+class JobOutcome(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    OOM_KILLED = "oom-killed"
+    DISRUPTED = "disrupted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    step: int
+    size_class: int
+    pool: str
+    memory_bytes: int
+    outcome: JobOutcome
+    detail: str
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not JobOutcome.RUNNING
+
+
+def parse_quantity(text: str) -> int:
+    """A Kubernetes memory quantity in bytes ('512Mi', '2G', '1048576')."""
+    for unit, factor in _UNITS.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(float(text))
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _pod_outcome(pod: Mapping[str, Any]) -> tuple[JobOutcome, str, datetime | None] | None:
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = condition.get("reason") or "DisruptionTarget"
+            return JobOutcome.DISRUPTED, f"pod disrupted ({reason})", None
+    for container in status.get("containerStatuses") or ():
+        terminated = (container.get("state") or {}).get("terminated")
+        if not terminated:
+            continue
+        code, reason = terminated.get("exitCode"), terminated.get("reason") or ""
+        when = _time(terminated.get("finishedAt"))
+        if reason == "OOMKilled":
+            return JobOutcome.OOM_KILLED, f"OOMKilled (exit {code})", when
+        if code == 0:
+            return JobOutcome.SUCCEEDED, "exit 0", when
+        return JobOutcome.FAILED, f"{reason or 'Error'} (exit {code})", when
+    if status.get("phase") == "Failed":
+        return JobOutcome.FAILED, status.get("reason") or "pod failed", None
+    return None
+
+
+def view_jobs(
+    jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+) -> list[JobView]:
+    """One JobView per Job, its outcome from its pod (or its own conditions)."""
+    pods_by_job: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        owner = labels.get("job-name") or labels.get("batch.kubernetes.io/job-name")
+        if owner:
+            pods_by_job.setdefault(owner, []).append(pod)
+    views = []
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        name = meta["name"]
+        outcome, detail, finished = JobOutcome.RUNNING, "", None
+        for pod in pods_by_job.get(name, ()):
+            seen = _pod_outcome(pod)
+            if seen is not None:
+                outcome, detail, finished = seen
+                break
+        status = job.get("status") or {}
+        for condition in status.get("conditions") or ():
+            if condition.get("status") != "True":
+                continue
+            if condition.get("type") in ("Complete", "Failed"):
+                finished = (
+                    finished
+                    or _time(status.get("completionTime"))
+                    or _time(condition.get("lastTransitionTime"))
+                )
+                if outcome is JobOutcome.RUNNING:
+                    outcome = (
+                        JobOutcome.SUCCEEDED
+                        if condition["type"] == "Complete"
+                        else JobOutcome.FAILED
+                    )
+                    detail = condition.get("reason") or condition["type"]
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        memory = ((container.get("resources") or {}).get("limits") or {}).get("memory", "0")
+        views.append(
+            JobView(
+                name=name,
+                step=int(labels.get(LABEL_STEP, 0)),
+                size_class=int(labels.get(LABEL_SIZE_CLASS, 0)),
+                pool=labels.get(LABEL_POOL, ""),
+                memory_bytes=parse_quantity(str(memory)),
+                outcome=outcome,
+                detail=detail,
+                finished_at=finished,
+            )
+        )
+    return views

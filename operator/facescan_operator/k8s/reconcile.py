@@ -1,0 +1,386 @@
+"""Reconcile one FaceScan: observe (queue, Jobs, pods) -> plan (pure) -> apply.
+
+Called by the kopf handlers on every timer tick and on create/update. Level-based: it
+reads everything it decides from the database and the API server each time, so it
+converges after an operator restart, a missed event or a deleted Job.
+
+Each tick: (1) settle ended Jobs: release their leases, charging ``oom`` to the image an
+OOMKilled pod had started, nothing for a disrupted (preempted, evicted) pod, ``crash``
+otherwise (a pod that exited 0 is charged only if an image is still in progress in the
+database); leases whose Job vanished are released too; expired leases are reclaimed;
+finished Jobs past their TTL are deleted. (2) plan new batches with the same planner as
+the local runner (so an OOM culprit settled in (1) is rescheduled in this very tick),
+claim them and create their Jobs. (3) compute the status.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from facescan_operator.breaker import BreakerState, CircuitBreaker
+from facescan_operator.k8s.jobs import JobBatch, ScanRef, build_detector_job, job_name
+from facescan_operator.k8s.observe import JobOutcome, JobView
+from facescan_operator.k8s.spec import FaceScanSpec
+from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
+from facescan_operator.sizing import CalibrationTable
+from facescan_queue.models import GroupCount, LeaseInfo, LibraryPolicy, QueueStatus
+from facescan_queue.repository import Queue
+from facescan_queue.types import ErrorType
+
+VANISHED_GRACE = timedelta(seconds=60)
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Release:
+    owner: str
+    charge: ErrorType | None
+    reason: str
+    oom: bool = False
+
+
+@dataclass(frozen=True)
+class Settlement:
+    releases: list[Release]
+    delete_jobs: list[str]
+
+
+def settle(
+    jobs: Sequence[JobView], leases: Sequence[LeaseInfo], now: datetime, ttl: timedelta
+) -> Settlement:
+    """Pure: which leases to end (and how to charge them) and which Jobs to delete."""
+    leased = {lease.owner: lease for lease in leases}
+    by_name = {job.name: job for job in jobs}
+    releases, deletions = [], []
+    for job in jobs:
+        if not job.finished:
+            continue
+        if job.name in leased:
+            if job.outcome is JobOutcome.OOM_KILLED:
+                releases.append(
+                    Release(
+                        job.name,
+                        ErrorType.OOM,
+                        f"pod {job.detail} at its {job.memory_bytes // MIB} MiB memory limit",
+                        oom=True,
+                    )
+                )
+            elif job.outcome is JobOutcome.DISRUPTED:
+                releases.append(Release(job.name, None, job.detail))
+            else:
+                releases.append(
+                    Release(
+                        job.name,
+                        ErrorType.CRASH,
+                        f"detector pod ended ({job.detail}) with the image in progress",
+                    )
+                )
+        elif job.finished_at is None or now - job.finished_at >= ttl:
+            deletions.append(job.name)
+    for owner, lease in leased.items():
+        if owner not in by_name and now - lease.claimed_at >= VANISHED_GRACE:
+            releases.append(
+                Release(owner, ErrorType.CRASH, "its Job vanished (deleted, or its node is gone)")
+            )
+    return Settlement(releases, deletions)
+
+
+def _condition(
+    previous: dict[str, dict[str, Any]],
+    kind: str,
+    on: bool,
+    reason: str,
+    message: str,
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if on else "False"
+    before = previous.get(kind)
+    since = before["lastTransitionTime"] if before and before.get("status") == status else now
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+
+
+def status_of(
+    counts: QueueStatus,
+    active_jobs: int,
+    suspended: bool,
+    breaker: CircuitBreaker,
+    runnable: bool,
+    previous: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """Pure: the FaceScan's status (phase, conditions, counts) from what was observed."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    open_breaker = breaker.state is not BreakerState.CLOSED
+    finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0
+    if suspended:
+        phase = "Suspended"
+    elif counts.images == 0:
+        phase = "Pending"
+    elif open_breaker:
+        phase = "Degraded"
+    elif finished:
+        phase = "Completed"
+    elif active_jobs or runnable:
+        phase = "Running"
+    else:
+        phase = "Waiting"  # only retries remain, backing off
+    old = {c["type"]: c for c in previous.get("conditions") or ()}
+    conditions = [
+        _condition(
+            old,
+            "Ready",
+            finished and not suspended,
+            "AllImagesSettled" if finished else "ImagesRemaining",
+            f"{counts.done} done, {counts.dead} dead of {counts.images}",
+            stamp,
+        ),
+        _condition(
+            old,
+            "Progressing",
+            active_jobs > 0,
+            "JobsRunning" if active_jobs else "NoJobs",
+            f"{active_jobs} detector Jobs running",
+            stamp,
+        ),
+        _condition(
+            old,
+            "Degraded",
+            open_breaker,
+            "BreakerOpen" if open_breaker else "Healthy",
+            breaker.reason or "failures are the images' own",
+            stamp,
+        ),
+        _condition(
+            old,
+            "Suspended",
+            suspended,
+            "SpecSuspend" if suspended else "Active",
+            "spec.suspend is set" if suspended else "creating Jobs as needed",
+            stamp,
+        ),
+    ]
+    return {
+        "phase": phase,
+        "progress": f"{counts.done}/{counts.images}",
+        "counts": counts.as_json(),
+        "activeJobs": active_jobs,
+        "breaker": str(breaker.state),
+        "conditions": conditions,
+    }
+
+
+def changed(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The top-level status keys whose value differs (what to patch)."""
+    return {k: v for k, v in new.items() if current.get(k) != v}
+
+
+def policy_of(spec: FaceScanSpec) -> LibraryPolicy:
+    r = spec.retry_policy
+    return LibraryPolicy(
+        cascade_models=tuple(s.model for s in spec.cascade),
+        cascade_scales=tuple(s.scale for s in spec.cascade),
+        backoff_base_s=r.backoff_base_seconds,
+        backoff_multiplier=r.backoff_multiplier,
+        backoff_cap_s=r.backoff_cap_seconds,
+        max_attempts=r.max_attempts,
+    )
+
+
+def plan_batches(
+    spec: FaceScanSpec,
+    groups: Sequence[GroupCount],
+    active: Sequence[JobView],
+    calibration: CalibrationTable,
+    allowed: int | None,
+) -> list[tuple[BatchPlan, str]]:
+    """Pure: the batches to start and the pool of each, within per-pool limits."""
+    if spec.suspend:
+        return []
+    cascade = tuple((s.model, s.scale) for s in spec.cascade)
+    settings = PlanSettings(cascade, spec.batch_size, spec.max_dimension, calibration)
+    running = [RunningBatch(j.name, j.step, j.size_class, j.memory_bytes) for j in active]
+    per_pool = {pool.name: sum(1 for j in active if j.pool == pool.name) for pool in spec.pools}
+    chosen = []
+    for batch in plan(
+        groups, running, Capacity(workers=spec.parallelism), settings, allowed=allowed
+    ):
+        pool = spec.pool_for(batch.model)
+        if pool.max_concurrent_jobs is not None and per_pool[pool.name] >= pool.max_concurrent_jobs:
+            continue
+        per_pool[pool.name] += 1
+        if pool.max_memory_mib is not None:
+            cap = pool.max_memory_mib * MIB
+            if batch.memory_bytes > cap:
+                batch = BatchPlan(
+                    batch.step, batch.size_class, batch.limit, batch.model, batch.scale, cap
+                )
+        chosen.append((batch, pool.name))
+    return chosen
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did, for the handler to report."""
+
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    created: list[tuple[str, str]] = field(default_factory=list)
+    oom_killed: int = 0
+
+
+class KubeApi:
+    """What reconcile needs from the API server (kube.py implements it)."""
+
+    async def list_jobs(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        raise NotImplementedError
+
+
+async def reconcile(
+    scan: ScanRef,
+    spec: FaceScanSpec,
+    queue: Queue,
+    kube: KubeApi,
+    breaker: CircuitBreaker,
+    previous_status: dict[str, Any],
+    *,
+    calibration: CalibrationTable,
+    now: datetime | None = None,
+) -> Outcome:
+    """One level-based pass over a FaceScan."""
+    from facescan_operator.k8s.jobs import scan_labels
+    from facescan_operator.k8s.observe import view_jobs
+
+    now = now or datetime.now(UTC)
+    library = spec.library_name(scan.namespace, scan.name)
+    events: list[tuple[str, str, str]] = []
+    await queue.ensure_library(library, policy_of(spec))
+
+    # (1) settle what ended
+    labels = scan_labels(scan)
+    jobs = view_jobs(
+        await kube.list_jobs(scan.namespace, labels), await kube.list_pods(scan.namespace, labels)
+    )
+    leases = await queue.leases(library)
+    settlement = settle(jobs, leases, now, timedelta(seconds=spec.ttl_seconds_after_finished))
+    oom_killed = 0
+    for release in settlement.releases:
+        released = await queue.release(release.owner, charge=release.charge, error=release.reason)
+        if release.oom and released.charged_image is not None:
+            oom_killed += 1
+            events.append(
+                (
+                    "Warning",
+                    "BatchOOMKilled",
+                    f"Job {release.owner}: {release.reason}; its image moves to the "
+                    f"next cascade step, {released.released} others returned",
+                )
+            )
+    for expired in await queue.reclaim_expired(library):
+        events.append(
+            (
+                "Warning",
+                "LeaseExpired",
+                f"{expired.owner} stopped heartbeating; {expired.released} images returned",
+            )
+        )
+    for name in settlement.delete_jobs:
+        await kube.delete_job(scan.namespace, name)
+    active = [j for j in jobs if not j.finished]
+
+    # (2) schedule
+    outcomes = await queue.recent_outcomes(
+        library, window=breaker.window, after_id=breaker.after_id
+    )
+    was = breaker.state
+    breaker.observe(outcomes, now.timestamp())
+    if breaker.state != was and breaker.state is BreakerState.OPEN:
+        events.append(("Warning", "BreakerOpen", breaker.reason))
+    elif breaker.state != was and breaker.state is BreakerState.CLOSED:
+        events.append(("Normal", "BreakerClosed", "attempts succeed again"))
+    cap = max(1, spec.parallelism * spec.batch_size * 2)
+    groups = await queue.runnable_groups(library, cap=cap)
+    allowed = breaker.allowed(now.timestamp())
+    created: list[tuple[str, str]] = []
+    for batch, pool in plan_batches(spec, groups, active, calibration, allowed):
+        owner = job_name(scan.name, f"s{batch.step}c{batch.size_class}-{secrets.token_hex(3)}")
+        claimed = await queue.claim(
+            library,
+            owner,
+            step=batch.step,
+            size_class=batch.size_class,
+            limit=batch.limit,
+            lease_seconds=spec.lease_seconds,
+        )
+        if not claimed:
+            continue
+        job = build_detector_job(
+            scan,
+            spec,
+            JobBatch(
+                owner,
+                batch.step,
+                batch.size_class,
+                batch.model,
+                batch.scale,
+                batch.memory_bytes,
+                len(claimed),
+            ),
+        )
+        try:
+            await kube.create_job(scan.namespace, job)
+        except Exception:
+            await queue.release(owner)  # nothing started: hand the batch back untouched
+            raise
+        if allowed == 1:
+            breaker.probe_started()
+        created.append((owner, pool))
+        events.append(
+            (
+                "Normal",
+                "JobCreated",
+                f"{owner}: {len(claimed)} images, {batch.model}@{batch.scale:g}, "
+                f"{batch.memory_bytes // MIB} MiB, pool {pool}",
+            )
+        )
+
+    # (3) status
+    counts = await queue.status(library)
+    before_dead = ((previous_status.get("counts") or {}).get("dead")) or 0
+    if counts.dead > before_dead:
+        events.append(
+            (
+                "Warning",
+                "ImageDead",
+                f"{counts.dead - before_dead} images gave up after their last attempt; "
+                "see `facescan failures --dead`, requeue with `facescan requeue`",
+            )
+        )
+    status = status_of(
+        counts,
+        len(active) + len(created),
+        spec.suspend,
+        breaker,
+        bool(groups),
+        previous_status,
+        now,
+    )
+    return Outcome(status, events, created, oom_killed)

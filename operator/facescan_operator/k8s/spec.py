@@ -1,0 +1,120 @@
+"""The FaceScan spec as typed data, with the same defaults as the CRD's schema.
+
+Parsed from the resource body by the kopf handlers; a test keeps these defaults equal to
+crds/facescan.yaml. The API server already refused what the schema forbids; what it
+cannot check (a cascade that ends with a model no pool serves) is checked here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ModelName = Literal["hog", "cnn", "insightface"]
+
+GROUP = "facescan.io"
+VERSION = "v1alpha1"
+PLURAL = "facescans"
+KIND = "FaceScan"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class Database(_Spec):
+    secret_name: str = Field(alias="secretName", min_length=1)
+    key: str = "dsn"
+
+
+class Library(_Spec):
+    name: str | None = None
+    volume: dict[str, Any]
+    mount_path: str = Field(default="/library", alias="mountPath")
+
+
+class Detector(_Spec):
+    image: str = Field(min_length=1)
+    gpu_image: str | None = Field(default=None, alias="gpuImage")
+    image_pull_policy: str = Field(default="IfNotPresent", alias="imagePullPolicy")
+    model_volume: dict[str, Any] | None = Field(default=None, alias="modelVolume")
+    model_mount_path: str = Field(default="/models", alias="modelMountPath")
+    cpu: str = "1"
+
+
+class Step(_Spec):
+    model: ModelName
+    scale: float = Field(default=1.0, gt=0, le=1)
+
+
+class RetryPolicy(_Spec):
+    backoff_base_seconds: int = Field(default=60, alias="backoffBaseSeconds", ge=1)
+    backoff_multiplier: float = Field(default=2.0, alias="backoffMultiplier", ge=1)
+    backoff_cap_seconds: int = Field(default=3600, alias="backoffCapSeconds", ge=1)
+    max_attempts: int = Field(default=5, alias="maxAttempts", ge=1, le=100)
+
+
+class NodePool(_Spec):
+    name: str
+    models: tuple[ModelName, ...]
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: tuple[dict[str, Any], ...] = ()
+    gpu_resource_name: str | None = Field(default=None, alias="gpuResourceName")
+    gpu_count: int = Field(default=0, alias="gpuCount", ge=0)
+    gpu_memory_mib: int | None = Field(default=None, alias="gpuMemoryMiB")
+    max_memory_mib: int | None = Field(default=None, alias="maxMemoryMiB")
+    max_concurrent_jobs: int | None = Field(default=None, alias="maxConcurrentJobs")
+
+    @property
+    def is_gpu(self) -> bool:
+        return bool(self.gpu_resource_name) and self.gpu_count > 0
+
+
+DEFAULT_CASCADE = (
+    Step(model="cnn", scale=1.0),
+    Step(model="cnn", scale=0.75),
+    Step(model="cnn", scale=0.5),
+    Step(model="cnn", scale=0.33),
+    Step(model="cnn", scale=0.25),
+    Step(model="hog", scale=1.0),
+)
+CPU_POOL = NodePool(name="cpu", models=("hog", "cnn", "insightface"))
+
+
+class FaceScanSpec(_Spec):
+    suspend: bool = False
+    database: Database
+    library: Library
+    detector: Detector
+    cascade: tuple[Step, ...] = DEFAULT_CASCADE
+    max_dimension: int = Field(default=1280, alias="maxDimension", ge=0)
+    image_timeout_seconds: int = Field(default=300, alias="imageTimeoutSeconds", ge=1)
+    batch_size: int = Field(default=25, alias="batchSize", ge=1, le=10000)
+    parallelism: int = Field(default=4, ge=1, le=1000)
+    lease_seconds: int = Field(default=300, alias="leaseSeconds", ge=30)
+    ttl_seconds_after_finished: int = Field(default=600, alias="ttlSecondsAfterFinished", ge=0)
+    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy, alias="retryPolicy")
+    node_pools: tuple[NodePool, ...] = Field(default=(), alias="nodePools")
+    kueue_queue_name: str | None = Field(default=None, alias="kueueQueueName")
+
+    @model_validator(mode="after")
+    def _every_step_has_a_pool(self) -> FaceScanSpec:
+        for step in self.cascade:
+            if not any(step.model in pool.models for pool in self.pools):
+                raise ValueError(
+                    f"cascade step {step.model}@{step.scale:g} has no node pool serving "
+                    f"{step.model!r}: add it to a pool's models"
+                )
+        return self
+
+    @property
+    def pools(self) -> tuple[NodePool, ...]:
+        return self.node_pools or (CPU_POOL,)
+
+    def pool_for(self, model: str) -> NodePool:
+        """The first pool serving the model (validated to exist)."""
+        return next(pool for pool in self.pools if model in pool.models)
+
+    def library_name(self, namespace: str, name: str) -> str:
+        return self.library.name or f"{namespace}/{name}"
