@@ -91,14 +91,14 @@ def _spec(spec: Any) -> FaceScanSpec:
 async def reconcile_scan(
     spec: Any,
     status: Any,
-    namespace: str,
+    namespace: str | None,
     name: str,
     uid: str,
     body: Any,
     patch: kopf.Patch,
-    logger: kopf.Logger,
     **_: Any,
 ) -> None:
+    assert namespace is not None, "FaceScan is namespaced"
     scan = ScanRef(namespace, name, uid)
     parsed = _spec(spec)
     breaker = _breakers.setdefault(uid, CircuitBreaker())
@@ -126,8 +126,9 @@ async def reconcile_scan(
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def delete_scan(
-    spec: Any, namespace: str, name: str, uid: str, logger: kopf.Logger, **_: Any
+    spec: Any, namespace: str | None, name: str, uid: str, logger: kopf.Logger, **_: Any
 ) -> None:
+    assert namespace is not None, "FaceScan is namespaced"
     scan = ScanRef(namespace, name, uid)
     api = _api()
     jobs = await api.list_jobs(namespace, scan_labels(scan))

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from facescan_operator.k8s.reconcile import KubeApi
 
