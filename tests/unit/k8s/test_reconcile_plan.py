@@ -1,0 +1,249 @@
+"""The operator's pure decisions: how ended Jobs are charged, which batches start where,
+and what the status says."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from facescan_operator.breaker import CircuitBreaker
+from facescan_operator.k8s.observe import JobOutcome, JobView, parse_quantity, view_jobs
+from facescan_operator.k8s.reconcile import changed, plan_batches, settle, status_of
+from facescan_operator.k8s.spec import FaceScanSpec
+from facescan_operator.sizing import CalibrationTable
+from facescan_queue.models import GroupCount, LeaseInfo, QueueStatus, RecentOutcomes
+from facescan_queue.types import ErrorType
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+TTL = timedelta(minutes=10)
+
+
+def job(
+    name: str,
+    outcome: JobOutcome,
+    *,
+    finished: datetime | None = None,
+    pool: str = "cpu",
+    step: int = 0,
+) -> JobView:
+    return JobView(name, step, 0, pool, 1024 * 2**20, outcome, outcome.value, finished)
+
+
+def lease(owner: str, age: timedelta = timedelta(minutes=5)) -> LeaseInfo:
+    return LeaseInfo(owner, 0, 0, NOW - age, NOW + timedelta(minutes=5), 3)
+
+
+def test_oom_killed_job_charges_oom_disrupted_charges_nobody_others_crash() -> None:
+    jobs = [
+        job("a", JobOutcome.OOM_KILLED, finished=NOW),
+        job("b", JobOutcome.DISRUPTED),
+        job("c", JobOutcome.FAILED, finished=NOW),
+        job("d", JobOutcome.SUCCEEDED, finished=NOW),
+        job("e", JobOutcome.RUNNING),
+    ]
+    result = settle(jobs, [lease(n) for n in "abcde"], NOW, TTL)
+    charges = {r.owner: r.charge for r in result.releases}
+    assert charges == {"a": ErrorType.OOM, "b": None, "c": ErrorType.CRASH, "d": ErrorType.CRASH}
+    assert result.delete_jobs == []  # settled first, deleted once past the TTL
+
+
+def test_finished_jobs_are_deleted_after_their_ttl_once_settled() -> None:
+    jobs = [
+        job("old", JobOutcome.SUCCEEDED, finished=NOW - TTL - timedelta(seconds=1)),
+        job("recent", JobOutcome.SUCCEEDED, finished=NOW - timedelta(seconds=5)),
+        job("running", JobOutcome.RUNNING),
+    ]
+    assert settle(jobs, [], NOW, TTL).delete_jobs == ["old"]
+
+
+def test_a_lease_whose_job_vanished_is_released_after_a_grace_period() -> None:
+    result = settle([], [lease("gone"), lease("new", age=timedelta(seconds=5))], NOW, TTL)
+    assert [(r.owner, r.charge) for r in result.releases] == [("gone", ErrorType.CRASH)]
+
+
+def pod(job_name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"labels": {"job-name": job_name}}, "status": status}
+
+
+def job_manifest(name: str, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                "facescan.io/step": "2",
+                "facescan.io/size-class": "1",
+                "facescan.io/pool": "gpu",
+            },
+        },
+        "spec": {
+            "template": {"spec": {"containers": [{"resources": {"limits": {"memory": "1536Mi"}}}]}}
+        },
+        "status": status,
+    }
+
+
+def terminated(code: int, reason: str) -> dict[str, Any]:
+    return {
+        "containerStatuses": [
+            {
+                "state": {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": reason,
+                        "finishedAt": "2026-11-22T11:59:00Z",
+                    }
+                }
+            }
+        ]
+    }
+
+
+def test_pod_terminations_are_read_into_job_outcomes() -> None:
+    views = {
+        v.name: v
+        for v in view_jobs(
+            [job_manifest(n) for n in ("oom", "ok", "err", "pre", "run")],
+            [
+                pod("oom", **terminated(137, "OOMKilled")),
+                pod("ok", **terminated(0, "Completed")),
+                pod("err", **terminated(1, "Error")),
+                pod(
+                    "pre",
+                    phase="Failed",
+                    conditions=[
+                        {
+                            "type": "DisruptionTarget",
+                            "status": "True",
+                            "reason": "PreemptionByScheduler",
+                        }
+                    ],
+                ),
+                pod("run", phase="Running"),
+            ],
+        )
+    }
+    assert views["oom"].outcome is JobOutcome.OOM_KILLED
+    assert views["ok"].outcome is JobOutcome.SUCCEEDED
+    assert views["err"].outcome is JobOutcome.FAILED
+    assert views["pre"].outcome is JobOutcome.DISRUPTED
+    assert views["run"].outcome is JobOutcome.RUNNING
+    assert views["oom"].memory_bytes == 1536 * 2**20
+    assert (views["oom"].step, views["oom"].size_class, views["oom"].pool) == (2, 1, "gpu")
+    assert views["ok"].finished_at == datetime(2026, 11, 22, 11, 59, tzinfo=UTC)
+
+
+def test_a_job_without_pods_is_judged_by_its_conditions() -> None:
+    (view,) = view_jobs(
+        [
+            job_manifest(
+                "x",
+                conditions=[
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "lastTransitionTime": "2026-11-22T11:00:00Z",
+                    }
+                ],
+            )
+        ],
+        [],
+    )
+    assert view.outcome is JobOutcome.FAILED
+    assert view.detail == "DeadlineExceeded"
+
+
+def test_quantities() -> None:
+    assert parse_quantity("512Mi") == 512 * 2**20
+    assert parse_quantity("2Gi") == 2 * 2**30
+    assert parse_quantity("1G") == 10**9
+    assert parse_quantity("1048576") == 2**20
+
+
+def spec(**extra: Any) -> FaceScanSpec:
+    return FaceScanSpec.model_validate(
+        {
+            "database": {"secretName": "db"},
+            "library": {"volume": {"emptyDir": {}}},
+            "detector": {"image": "d"},
+            **extra,
+        }
+    )
+
+
+POOLS = {
+    "nodePools": [
+        {
+            "name": "gpu",
+            "models": ["cnn"],
+            "gpuResourceName": "nvidia.com/gpu",
+            "gpuCount": 1,
+            "maxConcurrentJobs": 1,
+            "maxMemoryMiB": 3000,
+        },
+        {"name": "cpu", "models": ["hog"]},
+    ]
+}
+
+
+def test_batches_go_to_their_pools_within_each_pools_limits() -> None:
+    s = spec(parallelism=6, batchSize=10, **POOLS)
+    groups = [GroupCount(0, 0, 40), GroupCount(5, 0, 5)]
+    chosen = plan_batches(s, groups, [], CalibrationTable.default(), None)
+    pools = [pool for _, pool in chosen]
+    assert pools.count("gpu") == 1  # maxConcurrentJobs
+    assert pools[0] == "cpu"  # the later (hog) step first: OOM culprits go at once
+    for batch, pool in chosen:
+        if pool == "gpu":
+            assert batch.memory_bytes <= 3000 * 2**20
+
+
+def test_a_suspended_scan_starts_nothing_and_the_breaker_can_hold_it() -> None:
+    groups = [GroupCount(0, 0, 40)]
+    assert plan_batches(spec(suspend=True), groups, [], CalibrationTable.default(), None) == []
+    assert plan_batches(spec(), groups, [], CalibrationTable.default(), 0) == []
+    (probe,) = plan_batches(spec(), groups, [], CalibrationTable.default(), 1)
+    assert probe[0].limit == 1
+
+
+def test_running_jobs_count_against_parallelism() -> None:
+    active = [job(f"j{i}", JobOutcome.RUNNING) for i in range(4)]
+    assert (
+        plan_batches(
+            spec(parallelism=4), [GroupCount(0, 0, 100)], active, CalibrationTable.default(), None
+        )
+        == []
+    )
+
+
+def counts(**kw: int) -> QueueStatus:
+    return QueueStatus(**kw)
+
+
+def test_status_phases() -> None:
+    closed = CircuitBreaker()
+    done = counts(images=10, done=9, dead=1, faces=12)
+    assert status_of(done, 0, False, closed, False, {}, NOW)["phase"] == "Completed"
+    running = counts(images=10, done=2, pending=6, leased=2)
+    assert status_of(running, 1, False, closed, True, {}, NOW)["phase"] == "Running"
+    waiting = counts(images=10, done=8, pending=2, retrying=2)
+    assert status_of(waiting, 0, False, closed, False, {}, NOW)["phase"] == "Waiting"
+    assert status_of(running, 0, True, closed, True, {}, NOW)["phase"] == "Suspended"
+    assert status_of(counts(), 0, False, closed, False, {}, NOW)["phase"] == "Pending"
+    broken = CircuitBreaker()
+    broken.observe(RecentOutcomes(finished=10, unavailable=9, failed=9, last_id=99), 0.0)
+    status = status_of(running, 0, False, broken, True, {}, NOW)
+    assert status["phase"] == "Degraded"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert "unavailable" in degraded["message"]
+
+
+def test_status_is_written_only_when_it_changed() -> None:
+    closed = CircuitBreaker()
+    c = counts(images=10, done=2, pending=8)
+    first = status_of(c, 1, False, closed, True, {}, NOW)
+    later = status_of(c, 1, False, closed, True, first, NOW + timedelta(minutes=1))
+    assert changed(first, later) == {}  # lastTransitionTime kept while nothing flips
+    more = status_of(counts(images=10, done=3, pending=7), 1, False, closed, True, first, NOW)
+    assert set(changed(first, more)) == {"progress", "counts", "conditions"}
