@@ -81,6 +81,19 @@ def grant_advice(user: str, what: str) -> str:
 
 def translate(exc: BaseException, *, target: str, user: str) -> QueueError | None:
     """The typed error for a driver exception, or None when it is not one of ours."""
+    # connection-level failures first: some of them are PostgresError subclasses
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.TooManyConnectionsError
+        | asyncpg.InterfaceError
+        | asyncpg.InternalClientError,
+    ) or (
+        isinstance(exc, asyncpg.ObjectNotInPrerequisiteStateError)
+        and "not currently accepting connections" in str(exc)
+    ):
+        cause = str(exc) or type(exc).__name__
+        return DatabaseUnavailable(f"cannot reach PostgreSQL at {target}: {cause}")
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate in _BY_SQLSTATE:
@@ -94,6 +107,14 @@ def translate(exc: BaseException, *, target: str, user: str) -> QueueError | Non
             return InvalidArgument(
                 "image paths must be relative to the library root, without '..': "
                 f"{getattr(exc, 'detail', None) or exc}"
+            )
+        if isinstance(exc, asyncpg.CheckViolationError) and (
+            getattr(exc, "table_name", None) == "libraries"
+        ):
+            return InvalidArgument(
+                "invalid library policy (cascade models must be hog, cnn or insightface, "
+                "with as many scales in (0, 1] as models; backoff and attempts positive): "
+                f"{exc}"
             )
         if isinstance(exc, asyncpg.UndefinedFunctionError | asyncpg.UndefinedTableError):
             return SchemaError(
@@ -111,14 +132,7 @@ def translate(exc: BaseException, *, target: str, user: str) -> QueueError | Non
                 f"PostgreSQL at {target} is not accepting connections: {exc}"
             )
         return None
-    if isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.ConnectionDoesNotExistError
-        | asyncpg.InterfaceError
-        | asyncpg.exceptions.ConnectionFailureError,
-    ):
+    if isinstance(exc, OSError | TimeoutError):
         cause = str(exc) or type(exc).__name__
         return DatabaseUnavailable(f"cannot reach PostgreSQL at {target}: {cause}")
     return None

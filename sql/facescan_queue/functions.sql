@@ -171,7 +171,13 @@ CREATE OR REPLACE FUNCTION facescan.register_images(
     p_file_bytes bigint[],
     p_priority smallint DEFAULT 0
 ) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_added integer;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM facescan.libraries WHERE name = p_library) THEN
+        RAISE EXCEPTION 'unknown library %', p_library USING ERRCODE = 'FS003';
+    END IF;
     WITH inserted AS (
         INSERT INTO facescan.images (library, path, width, height, file_bytes, priority)
         SELECT p_library, u.path, u.width, u.height, u.file_bytes, p_priority
@@ -180,7 +186,9 @@ LANGUAGE sql AS $$
         ON CONFLICT (library, path) DO NOTHING
         RETURNING 1
     )
-    SELECT count(*)::integer FROM inserted
+    SELECT count(*)::integer INTO v_added FROM inserted;
+    RETURN v_added;
+END
 $$;
 
 -- Claiming and processing ----------------------------------------------------------
@@ -211,7 +219,12 @@ BEGIN
     END IF;
     INSERT INTO facescan.leases (owner, library, step, size_class, expires_at)
     VALUES (p_owner, p_library, p_step, p_size_class,
-            now() + make_interval(secs => p_lease_seconds));
+            now() + make_interval(secs => p_lease_seconds))
+    ON CONFLICT (owner) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lease % is already held: every batch needs a new owner name', p_owner
+            USING ERRCODE = 'FS002';
+    END IF;
     RETURN QUERY
     WITH picked AS (
         SELECT i.id FROM facescan.images i
@@ -330,6 +343,14 @@ BEGIN
     UPDATE facescan.attempts
     SET finished_at = now(), outcome = 'failed', error_type = 'oom', error = p_error
     WHERE id = v_image.started_attempt;
+    INSERT INTO facescan.failures AS f (image_id, attempts, error_type, last_error,
+        original_width, original_height, file_bytes, last_scale, last_model, next_retry_at)
+    VALUES (v_image.id, 1, 'oom', p_error, v_image.width, v_image.height, v_image.file_bytes,
+        v_lib.cascade_scales[v_image.step + 1], v_lib.cascade_models[v_image.step + 1], now())
+    ON CONFLICT (image_id) DO UPDATE SET
+        attempts = f.attempts + 1, error_type = 'oom', last_error = EXCLUDED.last_error,
+        last_scale = EXCLUDED.last_scale, last_model = EXCLUDED.last_model,
+        last_failure_at = now(), next_retry_at = now();
     INSERT INTO facescan.attempts (image_id, library, worker, step, model, scale)
     VALUES (v_image.id, v_image.library, p_owner, v_image.step + 1,
             v_lib.cascade_models[v_image.step + 2], v_lib.cascade_scales[v_image.step + 2])
@@ -366,11 +387,21 @@ BEGIN
     PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
     IF jsonb_typeof(p_faces) IS DISTINCT FROM 'array' OR EXISTS (
         SELECT 1 FROM jsonb_array_elements(p_faces) AS e (face)
-        WHERE jsonb_typeof(face -> 'embedding') = 'array'
-          AND jsonb_array_length(face -> 'embedding') NOT IN (128, 512)
+        WHERE jsonb_typeof(face) IS DISTINCT FROM 'object'
+           OR NOT face ?& ARRAY['top', 'right', 'bottom', 'left']
+           OR jsonb_typeof(face -> 'top') IS DISTINCT FROM 'number'
+           OR jsonb_typeof(face -> 'right') IS DISTINCT FROM 'number'
+           OR jsonb_typeof(face -> 'bottom') IS DISTINCT FROM 'number'
+           OR jsonb_typeof(face -> 'left') IS DISTINCT FROM 'number'
+           OR (face ->> 'left')::numeric > (face ->> 'right')::numeric
+           OR (face ->> 'top')::numeric > (face ->> 'bottom')::numeric
+           OR (jsonb_typeof(face -> 'embedding') = 'array'
+               AND jsonb_array_length(face -> 'embedding') NOT IN (128, 512))
+           OR coalesce(jsonb_typeof(face -> 'embedding'), 'null') NOT IN ('array', 'null')
     ) THEN
-        RAISE EXCEPTION 'faces of image % must be a JSON array whose embeddings have 128 '
-            '(dlib) or 512 (ArcFace) numbers', p_image_id USING ERRCODE = 'FS005';
+        RAISE EXCEPTION 'faces of image % must be a JSON array of boxes (top <= bottom, '
+            'left <= right) whose embeddings, if any, have 128 (dlib) or 512 (ArcFace) '
+            'numbers', p_image_id USING ERRCODE = 'FS005';
     END IF;
     SELECT * INTO v_attempt FROM facescan.attempts WHERE id = v_image.started_attempt;
     SELECT * INTO v_lib FROM facescan.libraries WHERE name = v_image.library;
@@ -382,8 +413,12 @@ BEGIN
                                 landmarks, model, embedding_dlib, embedding_arcface)
     SELECT p_image_id, f.top, f."right", f.bottom, f."left", f.score, f.landmarks,
            v_attempt.model,
-           CASE WHEN jsonb_array_length(f.embedding) = 128 THEN f.embedding::text::vector END,
-           CASE WHEN jsonb_array_length(f.embedding) = 512 THEN f.embedding::text::vector END
+           CASE WHEN jsonb_typeof(f.embedding) = 'array'
+                     AND jsonb_array_length(f.embedding) = 128
+                THEN f.embedding::text::vector END,
+           CASE WHEN jsonb_typeof(f.embedding) = 'array'
+                     AND jsonb_array_length(f.embedding) = 512
+                THEN f.embedding::text::vector END
     FROM jsonb_to_recordset(p_faces) AS f (
         top integer, "right" integer, bottom integer, "left" integer, score real,
         landmarks real[], embedding jsonb);

@@ -118,7 +118,9 @@ ORDER BY image_path;
 
 -- name: table_privileges
 SELECT c.relname AS table_name,
-       has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE') AS granted
+       has_table_privilege(c.oid, 'SELECT') AND has_table_privilege(c.oid, 'INSERT')
+       AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE')
+       AS granted
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'facescan' AND c.relkind = 'r'

@@ -170,17 +170,21 @@ class Queue:
     async def register(self, library: str, images: Sequence[NewImage], *, priority: int = 0) -> int:
         """Registers images (idempotent); returns how many were new."""
         added = 0
-        for start in range(0, len(images), _REGISTER_CHUNK):
-            chunk = images[start : start + _REGISTER_CHUNK]
-            added += await self._value(
-                "register_images",
-                library,
-                [i.path for i in chunk],
-                [i.width for i in chunk],
-                [i.height for i in chunk],
-                [i.file_bytes for i in chunk],
-                priority,
-            )
+        sql = query("register_images")
+        with errors.translated(target=self._target, user=self._user):
+            # one transaction: a refused path registers nothing of the call
+            async with self._pool.acquire() as conn, conn.transaction():
+                for start in range(0, len(images), _REGISTER_CHUNK):
+                    chunk = images[start : start + _REGISTER_CHUNK]
+                    added += await conn.fetchval(
+                        sql,
+                        library,
+                        [i.path for i in chunk],
+                        [i.width for i in chunk],
+                        [i.height for i in chunk],
+                        [i.file_bytes for i in chunk],
+                        priority,
+                    )
         return added
 
     # -- the lease holder's calls -------------------------------------------------------

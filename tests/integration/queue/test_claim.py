@@ -17,8 +17,8 @@ def _img(path: str) -> NewImage:
     return NewImage(path, 100, 100)
 
 
-async def _paths(queue: Queue, owner: str, **kw: int) -> list[str]:
-    return [c.path for c in await claim(queue, owner, **kw)]
+async def _paths(queue: Queue, owner: str, *, size_class: int = 0, limit: int = 100) -> list[str]:
+    return [c.path for c in await claim(queue, owner, size_class=size_class, limit=limit)]
 
 
 async def test_claim_takes_highest_priority_then_fewest_attempts_then_oldest(
@@ -68,7 +68,9 @@ async def test_two_libraries_never_mix(queue: Queue, db: asyncpg.Connection) -> 
     mine = await claim(queue, "w1", limit=100)
     theirs = await claim(queue, "w2", limit=100, library="other")
 
-    libraries = dict(await db.fetch("SELECT id, library FROM facescan.images"))
+    libraries = {
+        r["id"]: r["library"] for r in await db.fetch("SELECT id, library FROM facescan.images")
+    }
     assert {libraries[c.image_id] for c in mine} == {LIB}
     assert {libraries[c.image_id] for c in theirs} == {"other"}
     assert len(mine) == len(theirs) == 3

@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from facescan_queue import errors
+from facescan_queue.models import NewImage
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
 
@@ -173,14 +174,7 @@ async def test_reclaim_leaves_live_leases_and_other_libraries_alone(
 ) -> None:
     await queue.ensure_library("other")
     await register(queue, 2)
-    await queue.register(
-        "other",
-        [
-            *__import__("facescan_queue.models").models.NewImage(
-                "a",
-            )
-        ],
-    )
+    await queue.register("other", [NewImage("a")])
     await claim(queue, "live", limit=1)
     await claim(queue, "gone", limit=1)
     await claim(queue, "elsewhere", library="other", size_class=5)
@@ -256,7 +250,7 @@ async def test_a_holder_killed_mid_commit_commits_nothing(
         )
         await db.execute("SELECT pg_terminate_backend($1)", holder.get_server_pid())
     finally:
-        await holder.close(timeout=5)
+        holder.terminate()
     await expire(db)
 
     reclaimed = await queue.reclaim_expired()
