@@ -118,11 +118,15 @@ class _Worker:
             image = await self._db(self.queue.start_next, self.owner)
             while image is not None and not self.lease_lost:
                 image = await self._one(image)
+            if not self.lease_lost:
+                await self._hand_back()  # ends the lease now it is empty, not at its expiry
         except _Stop as stop:
             self.summary.exit_code, self.summary.reason = stop.exit_code, stop.reason
             await self._hand_back()
         except LeaseLost as exc:
-            self.summary.reason = f"lease lost: {exc}"
+            message = str(exc)  # the queue's own message starts "lease lost: ..."
+            lost = message.startswith("lease lost")
+            self.summary.reason = message if lost else f"lease lost: {message}"
         finally:
             beat.cancel()
         if self.lease_lost and self.summary.reason == "lease finished":
@@ -235,8 +239,10 @@ class _Worker:
     def _detector(self, model: str) -> FaceDetector:
         detector = self.detectors.get(model)
         if detector is None:
+            # model_dir holds the InsightFace models; dlib keeps its own files
+            model_dir = self.settings.model_dir if model == "insightface" else None
             detector = create_detector(
-                model, upsample=self.settings.hog_upsample, model_dir=self.settings.model_dir
+                model, upsample=self.settings.hog_upsample, model_dir=model_dir
             )
             detector.load()
             self.detectors[model] = detector
@@ -298,7 +304,7 @@ class _Worker:
         log.warning("%s: %s -> %s (step %d)", image.path, message, outcome.state, outcome.step)
 
     async def _hand_back(self) -> None:
-        """Returns the unstarted images of the lease to the queue, untouched."""
+        """Ends the lease, returning its unstarted images (if any) to the queue untouched."""
         try:
             released = await self.queue.release(self.owner)
             log.info("handed %d unstarted images back", released.released)
