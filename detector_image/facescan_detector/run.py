@@ -29,7 +29,7 @@ from facescan_detector.errors import (
 )
 from facescan_detector.loading import LoadedImage, load_image
 from facescan_detector.settings import DetectorSettings
-from facescan_queue.errors import DatabaseUnavailable, IllegalTransition, LeaseLost
+from facescan_queue.errors import DatabaseUnavailable, LeaseLost
 from facescan_queue.models import DetectionResult, FaceResult, StartedImage
 from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings
@@ -179,13 +179,10 @@ class _Worker:
                 self.unavailable_in_a_row = 0
             return await self._db(self.queue.start_next, self.owner)
         self.unavailable_in_a_row = 0
-        try:
-            following = await self._db(
-                self.queue.complete_and_start_next, image.image_id, self.owner, result
-            )
-        except IllegalTransition:
-            # a retried commit whose first try had landed: the image is done already
-            following = await self._db(self.queue.start_next, self.owner)
+        # a commit retried after a lost reply is a no-op and resumes the next image
+        following = await self._db(
+            self.queue.complete_and_start_next, image.image_id, self.owner, result
+        )
         self.summary.done += 1
         self.summary.faces += len(result.faces)
         log.info(

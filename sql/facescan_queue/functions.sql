@@ -260,6 +260,7 @@ $$;
 
 -- Marks the next unstarted image of the lease as in progress (an open attempt) and
 -- returns it with the model and scale of its cascade step; no row when none is left.
+-- While an image is in progress under the lease, returns that one instead.
 CREATE OR REPLACE FUNCTION facescan.start_next(p_owner text)
 RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
@@ -273,11 +274,15 @@ DECLARE
     v_step smallint;
     v_attempt bigint;
 BEGIN
-    SELECT * INTO v_image FROM facescan.images i
+    -- idempotent: an image already in progress under this lease is returned again (the
+    -- worker lost the reply of the call that started it)
+    RETURN QUERY
+    SELECT i.id, i.path, i.width, i.height, i.file_bytes, a.step, a.model, a.scale, a.id
+    FROM facescan.images i
+    JOIN facescan.attempts a ON a.id = i.started_attempt
     WHERE i.lease_owner = p_owner AND i.state = 'leased' AND i.started_attempt IS NOT NULL;
     IF FOUND THEN
-        RAISE EXCEPTION 'image % is still in progress under lease %: complete or fail it first',
-            v_image.id, p_owner USING ERRCODE = 'FS002';
+        RETURN;
     END IF;
     SELECT * INTO v_image FROM facescan.images i
     WHERE i.lease_owner = p_owner AND i.state = 'leased'
@@ -384,6 +389,11 @@ DECLARE
     v_degraded boolean;
 BEGIN
     SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
+    IF v_image.state = 'done' AND EXISTS (
+        SELECT 1 FROM facescan.detections d WHERE d.image_id = p_image_id AND d.worker = p_owner
+    ) THEN
+        RETURN;  -- a retry of our own commit whose reply was lost: it landed already
+    END IF;
     PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
     IF jsonb_typeof(p_faces) IS DISTINCT FROM 'array' OR EXISTS (
         SELECT 1 FROM jsonb_array_elements(p_faces) AS e (face)

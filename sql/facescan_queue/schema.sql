@@ -111,7 +111,7 @@ CREATE TABLE facescan.images (
     CONSTRAINT images_library_path_key UNIQUE (library, path),
     CONSTRAINT images_leased_has_owner CHECK ((state = 'leased') = (lease_owner IS NOT NULL)),
     CONSTRAINT images_started_is_leased CHECK (started_attempt IS NULL OR state = 'leased')
-);
+) WITH (fillfactor = 80);  -- room on each page for HOT updates while an image is worked on
 -- The runnable queue: claim walks this partial index in claim order.
 CREATE INDEX images_runnable ON facescan.images
     (library, step, size_class, priority DESC, attempts, id) WHERE state = 'pending';
@@ -188,10 +188,9 @@ CREATE TABLE facescan.attempts (
     error_type facescan.error_type,
     error text,
     CHECK ((outcome = 'failed') = (error_type IS NOT NULL))
-);
+) WITH (fillfactor = 90);  -- closing an attempt is a HOT update (no indexed column changes)
 CREATE INDEX attempts_image ON facescan.attempts (image_id);
-CREATE INDEX attempts_library_recent ON facescan.attempts (library, id DESC)
-    WHERE finished_at IS NOT NULL;
+CREATE INDEX attempts_library_recent ON facescan.attempts (library, id DESC);
 
 ALTER TABLE facescan.images ADD CONSTRAINT images_started_attempt_fkey
     FOREIGN KEY (started_attempt) REFERENCES facescan.attempts (id);

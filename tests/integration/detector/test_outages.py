@@ -100,13 +100,6 @@ async def test_library_root_gone_mid_batch_stops_the_run_and_hands_the_rest_back
     assert [await attempts_of(db, p) for p in rest] == [[]] * len(rest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (SQL/queue contract): a commit retried after its reply was lost raises "
-    "LeaseLost (FS001: the image is already 'done'), not IllegalTransition as run.py "
-    "expects, so the run ends as 'lease lost' with the next image started and its lease "
-    "left to expire (that image is then charged 'crash' by reclaim_expired)",
-)
 async def test_commit_whose_reply_was_lost_is_not_mistaken_for_a_stolen_lease(
     hog_queue: Queue,
     db: asyncpg.Connection,
