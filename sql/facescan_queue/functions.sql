@@ -278,12 +278,15 @@ BEGIN
     -- worker lost the reply of the call that started it)
     RETURN QUERY
     SELECT i.id, i.path, i.width, i.height, i.file_bytes, a.step, a.model, a.scale, a.id
-    FROM facescan.images i
-    JOIN facescan.attempts a ON a.id = i.started_attempt
-    WHERE i.lease_owner = p_owner AND i.state = 'leased' AND i.started_attempt IS NOT NULL;
+    FROM facescan.leases l
+    JOIN facescan.images i
+      ON i.id = l.started_image AND i.lease_owner = l.owner AND i.state = 'leased'
+    JOIN facescan.attempts a ON a.id = l.started_attempt
+    WHERE l.owner = p_owner;
     IF FOUND THEN
         RETURN;
     END IF;
+    -- nothing in progress: every image still leased to p_owner is unstarted
     SELECT * INTO v_image FROM facescan.images i
     WHERE i.lease_owner = p_owner AND i.state = 'leased'
     ORDER BY i.priority DESC, i.attempts, i.id
@@ -298,19 +301,24 @@ BEGIN
     VALUES (v_image.id, v_image.library, p_owner, v_step,
             v_lib.cascade_models[v_step + 1], v_lib.cascade_scales[v_step + 1])
     RETURNING id INTO v_attempt;
-    UPDATE facescan.images SET started_attempt = v_attempt, step = v_step
-    WHERE id = v_image.id;
+    UPDATE facescan.leases SET started_image = v_image.id, started_attempt = v_attempt
+    WHERE owner = p_owner;
+    IF v_step <> v_image.step THEN  -- the cascade was shortened meanwhile
+        UPDATE facescan.images SET step = v_step WHERE id = v_image.id;
+    END IF;
     RETURN QUERY SELECT v_image.id, v_image.path, v_image.width, v_image.height,
         v_image.file_bytes, v_step, v_lib.cascade_models[v_step + 1],
         v_lib.cascade_scales[v_step + 1], v_attempt;
 END
 $$;
 
--- Raises unless p_owner holds the image and has started it.
-CREATE OR REPLACE FUNCTION facescan.assert_started(
+-- The open attempt of the image; raises unless p_owner holds the image and started it.
+CREATE OR REPLACE FUNCTION facescan.started_attempt(
     p_image facescan.images, p_image_id bigint, p_owner text
-) RETURNS void
+) RETURNS bigint
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_attempt bigint;
 BEGIN
     IF p_image.id IS NULL THEN
         RAISE EXCEPTION 'unknown image %', p_image_id USING ERRCODE = 'FS004';
@@ -320,10 +328,13 @@ BEGIN
             p_image_id, p_image.state, coalesce(p_image.lease_owner, 'none'), p_owner
             USING ERRCODE = 'FS001';
     END IF;
-    IF p_image.started_attempt IS NULL THEN
+    SELECT l.started_attempt INTO v_attempt FROM facescan.leases l
+    WHERE l.owner = p_owner AND l.started_image = p_image_id;
+    IF v_attempt IS NULL THEN
         RAISE EXCEPTION 'image % was never started under lease %', p_image_id, p_owner
             USING ERRCODE = 'FS002';
     END IF;
+    RETURN v_attempt;
 END
 $$;
 
@@ -337,17 +348,18 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_image facescan.images;
     v_lib facescan.libraries;
+    v_started bigint;
     v_attempt bigint;
 BEGIN
     SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
-    PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
+    v_started := facescan.started_attempt(v_image, p_image_id, p_owner);
     SELECT * INTO v_lib FROM facescan.libraries l WHERE l.name = v_image.library;
     IF v_image.step + 1 >= cardinality(v_lib.cascade_models) THEN
         RETURN;
     END IF;
     UPDATE facescan.attempts
     SET finished_at = now(), outcome = 'failed', error_type = 'oom', error = p_error
-    WHERE id = v_image.started_attempt;
+    WHERE id = v_started;
     INSERT INTO facescan.failures AS f (image_id, attempts, error_type, last_error,
         original_width, original_height, file_bytes, last_scale, last_model, next_retry_at)
     VALUES (v_image.id, 1, 'oom', p_error, v_image.width, v_image.height, v_image.file_bytes,
@@ -360,8 +372,8 @@ BEGIN
     VALUES (v_image.id, v_image.library, p_owner, v_image.step + 1,
             v_lib.cascade_models[v_image.step + 2], v_lib.cascade_scales[v_image.step + 2])
     RETURNING id INTO v_attempt;
-    UPDATE facescan.images SET started_attempt = v_attempt, step = v_image.step + 1
-    WHERE id = p_image_id;
+    UPDATE facescan.leases SET started_attempt = v_attempt WHERE owner = p_owner;
+    UPDATE facescan.images SET step = v_image.step + 1 WHERE id = p_image_id;
     RETURN QUERY SELECT (v_image.step + 1)::smallint, v_lib.cascade_models[v_image.step + 2],
         v_lib.cascade_scales[v_image.step + 2], v_attempt;
 END
@@ -383,6 +395,7 @@ CREATE OR REPLACE FUNCTION facescan.complete_image(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_image facescan.images;
+    v_started bigint;
     v_attempt facescan.attempts;
     v_lib facescan.libraries;
     v_faces integer;
@@ -394,7 +407,7 @@ BEGIN
     ) THEN
         RETURN;  -- a retry of our own commit whose reply was lost: it landed already
     END IF;
-    PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
+    v_started := facescan.started_attempt(v_image, p_image_id, p_owner);
     IF jsonb_typeof(p_faces) IS DISTINCT FROM 'array' OR EXISTS (
         SELECT 1 FROM jsonb_array_elements(p_faces) AS e (face)
         WHERE jsonb_typeof(face) IS DISTINCT FROM 'object'
@@ -413,7 +426,7 @@ BEGIN
             'left <= right) whose embeddings, if any, have 128 (dlib) or 512 (ArcFace) '
             'numbers', p_image_id USING ERRCODE = 'FS005';
     END IF;
-    SELECT * INTO v_attempt FROM facescan.attempts WHERE id = v_image.started_attempt;
+    SELECT * INTO v_attempt FROM facescan.attempts WHERE id = v_started;
     SELECT * INTO v_lib FROM facescan.libraries WHERE name = v_image.library;
     v_degraded := v_attempt.model <> v_lib.cascade_models[1]
                   OR v_attempt.scale < v_lib.cascade_scales[1];
@@ -444,11 +457,12 @@ BEGIN
         original_width = EXCLUDED.original_width, original_height = EXCLUDED.original_height,
         degraded = EXCLUDED.degraded, duration_ms = EXCLUDED.duration_ms,
         worker = EXCLUDED.worker, detected_at = now();
-    DELETE FROM facescan.failures WHERE image_id = p_image_id;
-    UPDATE facescan.attempts SET finished_at = now(), outcome = 'done'
-    WHERE id = v_image.started_attempt;
+    IF v_image.error_type IS NOT NULL THEN
+        DELETE FROM facescan.failures WHERE image_id = p_image_id;
+    END IF;
+    UPDATE facescan.attempts SET finished_at = now(), outcome = 'done' WHERE id = v_started;
     UPDATE facescan.images
-    SET state = 'done', lease_owner = NULL, started_attempt = NULL, error_type = NULL,
+    SET state = 'done', lease_owner = NULL, error_type = NULL,
         degraded = v_degraded, face_count = v_faces, updated_at = now()
     WHERE id = p_image_id;
 END
@@ -485,6 +499,7 @@ $$;
 --   anything else        charged, backoff base x multiplier^(n-1) capped; dead at max
 CREATE OR REPLACE FUNCTION facescan.charge_failure(
     p_image facescan.images,
+    p_attempt bigint,
     p_error_type facescan.error_type,
     p_error text,
     p_original_width integer DEFAULT NULL,
@@ -505,7 +520,7 @@ BEGIN
     SELECT * INTO v_lib FROM facescan.libraries l WHERE l.name = p_image.library;
     UPDATE facescan.attempts a
     SET finished_at = now(), outcome = 'failed', error_type = p_error_type, error = p_error
-    WHERE a.id = p_image.started_attempt
+    WHERE a.id = p_attempt
     RETURNING * INTO v_attempt;
 
     IF p_error_type = 'unavailable' THEN
@@ -534,7 +549,7 @@ BEGIN
         error_type = CASE WHEN p_error_type = 'unavailable' THEN i.error_type
                           ELSE p_error_type END,
         next_attempt_at = now() + make_interval(secs => v_delay),
-        lease_owner = NULL, started_attempt = NULL, updated_at = now()
+        lease_owner = NULL, updated_at = now()
     WHERE i.id = p_image.id;
 
     IF p_error_type <> 'unavailable' THEN
@@ -576,8 +591,8 @@ DECLARE
     v_image facescan.images;
 BEGIN
     SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
-    PERFORM facescan.assert_started(v_image, p_image_id, p_owner);
-    RETURN QUERY SELECT * FROM facescan.charge_failure(v_image, p_error_type, p_error,
+    RETURN QUERY SELECT * FROM facescan.charge_failure(v_image,
+        facescan.started_attempt(v_image, p_image_id, p_owner), p_error_type, p_error,
         p_original_width, p_original_height, p_file_bytes);
 END
 $$;
@@ -593,26 +608,27 @@ CREATE OR REPLACE FUNCTION facescan.release_lease(
 ) RETURNS TABLE (charged_image bigint, released integer)
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_lease facescan.leases;
     v_image facescan.images;
     v_charged bigint;
     v_released integer;
 BEGIN
-    PERFORM 1 FROM facescan.leases WHERE owner = p_owner FOR UPDATE;
+    SELECT * INTO v_lease FROM facescan.leases WHERE owner = p_owner FOR UPDATE;
     SELECT * INTO v_image FROM facescan.images
-    WHERE lease_owner = p_owner AND state = 'leased' AND started_attempt IS NOT NULL
+    WHERE id = v_lease.started_image AND lease_owner = p_owner AND state = 'leased'
     FOR UPDATE;
     IF FOUND THEN
         IF p_charge IS NULL THEN
             UPDATE facescan.attempts SET finished_at = now(), outcome = 'released'
-            WHERE id = v_image.started_attempt;
+            WHERE id = v_lease.started_attempt;
         ELSE
-            PERFORM facescan.charge_failure(v_image, p_charge,
+            PERFORM facescan.charge_failure(v_image, v_lease.started_attempt, p_charge,
                 coalesce(p_error, format('worker %s ended with image in progress', p_owner)));
             v_charged := v_image.id;
         END IF;
     END IF;
     UPDATE facescan.images
-    SET state = 'pending', lease_owner = NULL, started_attempt = NULL, updated_at = now()
+    SET state = 'pending', lease_owner = NULL, updated_at = now()
     WHERE lease_owner = p_owner AND state = 'leased';
     GET DIAGNOSTICS v_released = ROW_COUNT;
     DELETE FROM facescan.leases WHERE owner = p_owner;

@@ -22,7 +22,8 @@ SELECT * FROM facescan.start_next($1);
 -- name: peek_next
 -- the image start_next would start next (read only: lets a worker prefetch it)
 SELECT i.path FROM facescan.images i
-WHERE i.lease_owner = $1 AND i.state = 'leased' AND i.started_attempt IS NULL
+WHERE i.lease_owner = $1 AND i.state = 'leased'
+  AND i.id IS DISTINCT FROM (SELECT l.started_image FROM facescan.leases l WHERE l.owner = $1)
 ORDER BY i.priority DESC, i.attempts, i.id
 LIMIT 1;
 

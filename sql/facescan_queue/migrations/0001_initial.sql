@@ -70,8 +70,12 @@ CREATE TABLE facescan.leases (
     size_class smallint NOT NULL,
     claimed_at timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz NOT NULL,
-    heartbeat_at timestamptz
-);
+    heartbeat_at timestamptz,
+    -- the image in progress and its open attempt (at most one per lease; stale once that
+    -- image is no longer leased to this owner)
+    started_image bigint,
+    started_attempt bigint
+) WITH (fillfactor = 70);
 CREATE INDEX leases_expiry ON facescan.leases (expires_at);
 
 CREATE TABLE facescan.images (
@@ -93,15 +97,12 @@ CREATE TABLE facescan.images (
     error_type facescan.error_type,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     lease_owner text REFERENCES facescan.leases (owner),
-    -- the open attempt of the current lease holder (set by start_next)
-    started_attempt bigint,
     degraded boolean NOT NULL DEFAULT false,
     face_count integer NOT NULL DEFAULT 0,
     registered_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT images_library_path_key UNIQUE (library, path),
-    CONSTRAINT images_leased_has_owner CHECK ((state = 'leased') = (lease_owner IS NOT NULL)),
-    CONSTRAINT images_started_is_leased CHECK (started_attempt IS NULL OR state = 'leased')
+    CONSTRAINT images_leased_has_owner CHECK ((state = 'leased') = (lease_owner IS NOT NULL))
 ) WITH (fillfactor = 80);  -- room on each page for HOT updates while an image is worked on
 -- The runnable queue: claim walks this partial index in claim order.
 CREATE INDEX images_runnable ON facescan.images
@@ -182,9 +183,6 @@ CREATE TABLE facescan.attempts (
 ) WITH (fillfactor = 90);  -- closing an attempt is a HOT update (no indexed column changes)
 CREATE INDEX attempts_image ON facescan.attempts (image_id);
 CREATE INDEX attempts_library_recent ON facescan.attempts (library, id DESC);
-
-ALTER TABLE facescan.images ADD CONSTRAINT images_started_attempt_fkey
-    FOREIGN KEY (started_attempt) REFERENCES facescan.attempts (id);
 
 -- Counters that make status O(groups), not O(images). Maintained by statement-level
 -- triggers on images; each backend writes its own shard so workers never queue on one

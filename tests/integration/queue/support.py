@@ -95,8 +95,18 @@ async def expire(db: asyncpg.Connection, owner: str | None = None) -> None:
     )
 
 
+# the open attempt of an image in progress (its lease's started_attempt), else NULL
+STARTED_ATTEMPT = (
+    "(SELECT l.started_attempt FROM facescan.leases l WHERE l.owner = i.lease_owner"
+    " AND l.started_image = i.id AND i.state = 'leased')"
+)
+
+
 async def image_row(db: asyncpg.Connection, image_id: int) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT * FROM facescan.images WHERE id = $1", image_id)
+    row = await db.fetchrow(
+        f"SELECT i.*, {STARTED_ATTEMPT} AS started_attempt FROM facescan.images i WHERE i.id = $1",
+        image_id,
+    )
     assert row is not None
     return row
 

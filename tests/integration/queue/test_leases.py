@@ -12,6 +12,7 @@ from facescan_queue.types import ErrorType
 
 from .support import (
     LIB,
+    STARTED_ATTEMPT,
     claim,
     claim_and_start,
     delay_of,
@@ -27,8 +28,9 @@ from .support import (
 async def _untouched(db: asyncpg.Connection, ids: list[int]) -> None:
     """The images are pending, runnable now, never charged and without failure rows."""
     rows = await db.fetch(
-        "SELECT id, state::text, attempts, step, error_type, lease_owner, started_attempt,"
-        " next_attempt_at <= now() AS runnable FROM facescan.images WHERE id = ANY($1)",
+        "SELECT id, state::text, attempts, step, error_type, lease_owner,"
+        f" {STARTED_ATTEMPT} AS started_attempt,"
+        " next_attempt_at <= now() AS runnable FROM facescan.images i WHERE id = ANY($1)",
         ids,
     )
     assert len(rows) == len(ids)
