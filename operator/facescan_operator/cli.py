@@ -52,7 +52,7 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Embedded PostgreSQL directory [default: $XDG_DATA_HOME/facescan/postgres].",
+        help="Embedded PostgreSQL directory (default: $XDG_DATA_HOME/facescan/postgres).",
     ),
 ]
 JsonOption = Annotated[
@@ -135,7 +135,7 @@ def scan(
         ),
     ] = commands.Model.HOG,
     workers: Annotated[
-        int, typer.Option(min=1, help="Detector processes at once [default: number of CPUs].")
+        int, typer.Option(min=1, help="Detector processes at once (default: number of CPUs).")
     ] = os.cpu_count() or 1,
     memory_limit: Annotated[
         str | None,
@@ -276,7 +276,7 @@ def operator(
     namespace: Annotated[
         list[str] | None,
         typer.Option(
-            "--namespace", "-n", help="Watch only these namespaces [default: the whole cluster]."
+            "--namespace", "-n", help="Watch only these namespaces (default: the whole cluster)."
         ),
     ] = None,
     health_port: Annotated[
@@ -286,7 +286,7 @@ def operator(
         str | None,
         typer.Option(
             help="kopf peering name, to run several "
-            "replicas safely (one active) [default: standalone]."
+            "replicas safely (one active) (default: standalone)."
         ),
     ] = None,
 ) -> None:
