@@ -36,6 +36,9 @@ class CircuitBreaker:
     cooldown_s: float = 15.0
     """First wait before a probe; doubles at each failed probe."""
     max_cooldown_s: float = 600.0
+    probe_timeout_s: float = 600.0
+    """A probe with no finished attempt after this long (its worker died before starting
+    an image, its Job was never scheduled) is given up and another one is let through."""
 
     state: BreakerState = BreakerState.CLOSED
     reason: str = ""
@@ -44,9 +47,14 @@ class CircuitBreaker:
     _opened_at: float = 0.0
     _current_cooldown: float = 0.0
     _probing: bool = False
+    _probe_offered_at: float = 0.0
+    _seen_id: int = 0
+    """The newest attempt observed: an outage the control plane meets itself is judged
+    from here on, not by the attempts that finished before it."""
 
     def observe(self, outcomes: RecentOutcomes, now: float) -> None:
         """Judges the attempts finished after ``after_id``."""
+        self._seen_id = max(self._seen_id, outcomes.last_id)
         if self.state is BreakerState.CLOSED:
             if outcomes.finished >= self.min_samples and (
                 outcomes.unavailable >= self.threshold * outcomes.finished
@@ -68,7 +76,7 @@ class CircuitBreaker:
     def database_down(self, error: str, now: float) -> None:
         """The control plane itself cannot reach the database."""
         if self.state is not BreakerState.OPEN:
-            self._open(f"database unavailable: {error}", now, self.after_id)
+            self._open(f"database unavailable: {error}", now, max(self.after_id, self._seen_id))
 
     def database_up(self) -> None:
         """The database answers again: probe at once rather than wait the cool-down."""
@@ -81,7 +89,14 @@ class CircuitBreaker:
             self.state, self._probing = BreakerState.HALF_OPEN, False
         if self.state is BreakerState.CLOSED:
             return None
+        if (
+            self.state is BreakerState.HALF_OPEN
+            and self._probing
+            and now - self._probe_offered_at >= self.probe_timeout_s
+        ):
+            self._probing = False  # the probe never reported: try another
         if self.state is BreakerState.HALF_OPEN and not self._probing:
+            self._probe_offered_at = now
             return 1
         return 0
 
