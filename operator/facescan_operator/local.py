@@ -230,9 +230,7 @@ class LocalRunner:
             code = worker.process.poll()
             if code is None:
                 continue
-            del self.workers[owner]
             oom = worker.slot.oom_killed()
-            worker.slot.cleanup()
             if oom:
                 charge, why = (
                     ErrorType.OOM,
@@ -246,7 +244,11 @@ class LocalRunner:
                     ErrorType.CRASH,
                     f"worker exited with {code}: {_tail(worker.log_path)}",
                 )
+            # forgotten only once its lease is handed back: while the database is down
+            # this raises, and the next tick tries again (else its images stay leased)
             released = await self.queue.release(owner, charge=charge, error=why)
+            del self.workers[owner]
+            worker.slot.cleanup()
             if released.charged_image is not None:
                 self._event(
                     f"{owner}: {why}; its image in progress was charged {charge}, "

@@ -37,9 +37,13 @@ class ModelCost:
 
 # Measured with `facescan-detector calibrate` on a 2-core x86-64 (AMD EPYC) without a
 # GPU: HOG at upsample 1, CNN on CPU, InsightFace (SCRFD 640 + ArcFace) on CPU.
+# CNN runs at upsample 1 too (the detector's default), which quadruples the pixels dlib
+# works on: calibrate measured 3,809 MB per working megapixel (349 MB at a 320 px long
+# side, 1,158 MB at 640), not the ~1,000 of CNN at upsample 0. Sized at 950, every CNN
+# step of a 1 MP photo was OOM-killed at its own limit even without --memory-limit.
 DEFAULT_COSTS: dict[str, ModelCost] = {
     "hog": ModelCost(base_mb=160, mb_per_megapixel=60, seconds_per_megapixel=0.35),
-    "cnn": ModelCost(base_mb=180, mb_per_megapixel=950, seconds_per_megapixel=7.5),
+    "cnn": ModelCost(base_mb=180, mb_per_megapixel=3900, seconds_per_megapixel=7.5),
     "insightface": ModelCost(base_mb=450, mb_per_megapixel=40, seconds_per_megapixel=0.5),
 }
 
