@@ -21,7 +21,7 @@ from pydantic import SecretStr, ValidationError
 from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s import metrics
 from facescan_operator.k8s.jobs import ScanRef, scan_labels
-from facescan_operator.k8s.kube import ClusterApi
+from facescan_operator.k8s.kube import ClusterApi, SecretError
 from facescan_operator.k8s.reconcile import changed, reconcile
 from facescan_operator.k8s.spec import GROUP, PLURAL, VERSION, FaceScanSpec
 from facescan_operator.sizing import CalibrationTable
@@ -39,6 +39,8 @@ _kube: ClusterApi | None = None
 _queues: dict[str, Queue] = {}
 _breakers: dict[str, CircuitBreaker] = {}
 _locks: dict[str, asyncio.Lock] = {}
+_invalid: dict[str, str] = {}  # uid -> the invalid-spec message already reported
+log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -77,11 +79,42 @@ async def _queue(namespace: str, spec: FaceScanSpec) -> Queue:
     return queue
 
 
-def _spec(spec: Any) -> FaceScanSpec:
-    try:
-        return FaceScanSpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        raise kopf.PermanentError(f"invalid FaceScan spec: {exc}") from exc
+def invalid_spec_message(exc: ValidationError) -> str:
+    """One line naming each refused field by its spec path (pydantic's own text spans
+    lines and links to its docs)."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(["spec", *(str(part) for part in error["loc"])])
+        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "invalid FaceScan spec: " + "; ".join(problems)
+
+
+def _report_invalid(
+    uid: str, body: Any, status: dict[str, Any], patch: kopf.Patch, message: str
+) -> None:
+    """An invalid spec (the API server's schema cannot catch all, e.g. a cascade step no
+    pool serves): no Jobs, phase Invalid with the reason on the Ready condition, and one
+    Warning Event InvalidSpec, not one per tick."""
+    ready: dict[str, Any] = next(
+        (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
+    )
+    if _invalid.get(uid) == message or (
+        status.get("phase") == "Invalid" and ready.get("message") == message
+    ):
+        return
+    _invalid[uid] = message
+    patch.status["phase"] = "Invalid"
+    patch.status["conditions"] = [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "InvalidSpec",
+            "message": message,
+            "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    ]
+    log.warning("FaceScan %s: %s", body.get("metadata", {}).get("name"), message)
+    kopf.warn(body, reason="InvalidSpec", message=message)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -100,7 +133,12 @@ async def reconcile_scan(
 ) -> None:
     assert namespace is not None, "FaceScan is namespaced"
     scan = ScanRef(namespace, name, uid)
-    parsed = _spec(spec)
+    try:
+        parsed = FaceScanSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        _report_invalid(uid, body, dict(status), patch, invalid_spec_message(exc))
+        return
+    _invalid.pop(uid, None)
     breaker = _breakers.setdefault(uid, CircuitBreaker())
     async with _locks.setdefault(uid, asyncio.Lock()):
         started = time.monotonic()
@@ -113,6 +151,8 @@ async def reconcile_scan(
             breaker.database_down(str(exc), time.time())
             kopf.warn(body, reason="DatabaseUnavailable", message=str(exc))
             raise kopf.TemporaryError(f"database unavailable: {exc}", delay=15) from exc
+        except SecretError as exc:
+            raise kopf.TemporaryError(f"database Secret: {exc}", delay=30) from exc
         except QueueError as exc:
             raise kopf.TemporaryError(str(exc), delay=60) from exc
         breaker.database_up()
@@ -132,15 +172,15 @@ async def delete_scan(
     scan = ScanRef(namespace, name, uid)
     api = _api()
     jobs = await api.list_jobs(namespace, scan_labels(scan))
+    queue: Queue | None = None
     try:
-        queue = await _queue(namespace, _spec(spec))
-    except (QueueError, KeyError) as exc:
+        queue = await _queue(namespace, FaceScanSpec.model_validate(dict(spec)))
+    except (QueueError, SecretError, ValidationError) as exc:
         logger.warning(
             "cannot reach the database to hand images back (%s); their leases "
-            "expire and are reclaimed by the next FaceScan of this library",
+            "expire and are reclaimed by the next FaceScan or scan of this library",
             exc,
         )
-        queue = None
     for job in jobs:
         job_name = job["metadata"]["name"]
         await api.delete_job(namespace, job_name)
@@ -148,6 +188,7 @@ async def delete_scan(
             await queue.release(job_name)
     _breakers.pop(uid, None)
     _locks.pop(uid, None)
+    _invalid.pop(uid, None)
 
 
 @kopf.on.probe(id="databases")

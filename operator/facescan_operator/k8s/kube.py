@@ -18,6 +18,10 @@ from kubernetes.client.exceptions import ApiException
 from facescan_operator.k8s.reconcile import KubeApi
 
 
+class SecretError(Exception):
+    """The database Secret cannot be read: missing, forbidden, or without the key."""
+
+
 def _selector(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
@@ -80,16 +84,26 @@ class ClusterApi(KubeApi):
                 raise
 
     async def read_secret(self, namespace: str, name: str, key: str) -> str:
-        """One key of a Secret (the database URL)."""
-        response = await asyncio.to_thread(
-            self._core.read_namespaced_secret, name, namespace, _preload_content=False
-        )
+        """One key of a Secret (the database URL); SecretError names what is wrong."""
+        try:
+            response = await asyncio.to_thread(
+                self._core.read_namespaced_secret, name, namespace, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SecretError(f"Secret {namespace}/{name} not found") from exc
+            if exc.status == 403:
+                raise SecretError(
+                    f"the operator may not read Secret {namespace}/{name} (RBAC: grant "
+                    f"'get' on secrets in namespace {namespace})"
+                ) from exc
+            raise
         secret = _json(response)
         if key in (secret.get("stringData") or {}):
             return str(secret["stringData"][key])
         data = secret.get("data") or {}
         if key not in data:
-            raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
+            raise SecretError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
 
 

@@ -1,0 +1,301 @@
+"""Helpers of the operator's end-to-end tests: the real facescan operator (kopf with the
+handlers of facescan_operator.k8s.handlers) run in the test's event loop against the
+emulated cluster, FaceScan manifests over a library of real photographs mounted by
+hostPath, and reads of the truth from the database and the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# Read by facescan_operator.k8s.handlers at import time: reconcile every second, and no
+# Prometheus server (its registry is global; the tests start many operators).
+os.environ.setdefault("FACESCAN_RECONCILE_INTERVAL_S", "1")
+os.environ.setdefault("FACESCAN_METRICS_PORT", "0")
+
+import asyncpg
+import kmock
+import kopf
+import kubernetes_validate
+import pytest
+import yaml
+from PIL import Image
+
+from facescan_operator.k8s import handlers
+from facescan_operator.k8s import reconcile as reconcile_module
+from facescan_operator.k8s.reconcile import Outcome
+from facescan_queue.models import NewImage
+from facescan_queue.repository import Queue
+
+from .cluster import JOBS, Cluster
+
+NS = "default"
+SECRET = "facescan-db"
+INTERVAL_S = handlers.INTERVAL_S
+FACESCANS = "facescan.io/v1alpha1/facescans"
+Obj = dict[str, Any]
+
+
+def _use_interval(seconds: float) -> None:
+    """The timer reconciles every ``seconds`` even if handlers was imported before this
+    module set FACESCAN_RECONCILE_INTERVAL_S (its decorator read it at import)."""
+    from kopf._core.intents.handlers import TimerHandler
+
+    for handler in kopf.get_default_registry()._spawning.get_all_handlers():
+        if isinstance(handler, TimerHandler) and handler.interval != seconds:
+            object.__setattr__(handler, "interval", seconds)  # a frozen dataclass
+
+
+if INTERVAL_S > 1:
+    INTERVAL_S = 1.0
+    _use_interval(INTERVAL_S)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One reconcile() the operator ran, as its handler saw it."""
+
+    at: datetime
+    created: list[str]
+    oom_killed: int
+    events: list[tuple[str, str, str]]
+
+
+@dataclass
+class Operator:
+    """The real operator, kopf.operator() with the handlers' registry, in a thread with its
+    own event loop, as in a process of its own (kopf cancels every task of its loop that
+    it did not know at start-up when it stops: the test's tasks must not be among them).
+    start(), stop(), start() again is a restart: the module state of a process (API
+    client, breakers, locks, database pools) is reset."""
+
+    monkeypatch: pytest.MonkeyPatch
+    ticks: list[Tick] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        original = reconcile_module.reconcile
+
+        async def recorded(*args: Any, **kwargs: Any) -> Outcome:
+            outcome = await original(*args, **kwargs)
+            created = [name for name, _ in outcome.created]
+            tick = Tick(datetime.now(UTC), created, outcome.oom_killed, list(outcome.events))
+            self.ticks.append(tick)
+            return outcome
+
+        self.monkeypatch.setattr(handlers, "reconcile", recorded)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def start(self) -> None:
+        assert self._thread is None, "already running"
+        self._reset()
+        self._stop, ready = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="operator")
+        self._thread.start()
+        if not await asyncio.to_thread(ready.wait, 30):
+            raise TimeoutError(f"the operator did not start: {self._error!r}")
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(
+                kopf.operator(
+                    registry=kopf.get_default_registry(),
+                    clusterwide=True,
+                    standalone=True,
+                    stop_flag=self._stop,
+                    ready_flag=ready,
+                )
+            )
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            loop.close()
+
+    async def stop(self) -> None:
+        """Stops kopf as on SIGTERM (its cleanup handler closes the database pools)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 60)
+        alive = self._thread.is_alive()
+        self._thread = None
+        handlers._queues.clear()  # closed by the cleanup handler, or their loop is gone
+        assert not alive, "kopf did not stop within 60 s"
+        if self._error is not None:
+            raise RuntimeError(f"the operator failed: {self._error!r}") from self._error
+
+    def _reset(self) -> None:
+        """As a new process: a fresh API client, no breakers, no locks, no pools."""
+        handlers._kube = None
+        handlers._breakers.clear()
+        handlers._locks.clear()
+        handlers._queues.clear()
+
+    def ticks_since(self, when: datetime) -> list[Tick]:
+        return [t for t in self.ticks if t.at >= when]
+
+
+# --- manifests ---
+
+
+def secret(dsn: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": NS},
+        "type": "Opaque",
+        "data": {"dsn": base64.b64encode(dsn.encode()).decode()},
+    }
+
+
+def facescan(name: str, library: Path, **spec: Any) -> Obj:
+    """A FaceScan over a host directory mounted at its own path (the kubelet runs the
+    detector on this host), HOG only unless ``cascade`` says otherwise."""
+    body: Obj = {
+        "database": {"secretName": SECRET},
+        "library": {
+            "volume": {"hostPath": {"path": str(library), "type": "Directory"}},
+            "mountPath": str(library),
+        },
+        "detector": {"image": "facescan-detector:e2e", "imagePullPolicy": "Never"},
+        "cascade": [{"model": "hog", "scale": 1.0}],
+        "leaseSeconds": 60,
+        "imageTimeoutSeconds": 120,
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "facescan.io/v1alpha1",
+        "kind": "FaceScan",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": body,
+    }
+
+
+async def apply(cluster: Cluster, workdir: Path, *objects: Obj) -> None:
+    """`kubectl apply -f` of the objects (the real kubectl)."""
+    path = workdir / f"apply-{len(list(workdir.glob('apply-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump_all(objects))
+    await cluster.akubectl("apply", "-f", str(path), "--validate=false")
+
+
+# --- the library ---
+
+
+async def register(queue: Queue, library: str, root: Path, names: Iterable[str]) -> None:
+    """Registers the files as the operator's `facescan register` would: sizes from headers."""
+    images = []
+    for name in names:
+        with Image.open(root / name) as image:
+            width, height = image.size
+        images.append(NewImage(name, width, height, (root / name).stat().st_size))
+    await queue.ensure_library(library)
+    assert await queue.register(library, images) == len(images)
+
+
+# --- reads ---
+
+
+async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+async def duplicated_faces(dsn: str) -> list[asyncpg.Record]:
+    """Done images whose face rows differ from their detection's count or their own."""
+    return await fetch(
+        dsn,
+        "SELECT i.path, i.face_count, d.face_count AS detected, "
+        "  (SELECT count(*) FROM facescan.faces f WHERE f.image_id = i.id) AS rows "
+        "FROM facescan.images i LEFT JOIN facescan.detections d ON d.image_id = i.id "
+        "WHERE i.state = 'done' AND (d.image_id IS NULL OR NOT (i.face_count = d.face_count "
+        "  AND d.face_count = (SELECT count(*) FROM facescan.faces f WHERE f.image_id = i.id)))",
+    )
+
+
+async def attempts(dsn: str) -> list[asyncpg.Record]:
+    return await fetch(
+        dsn,
+        "SELECT i.path, a.worker, a.step, a.model, a.outcome::text AS outcome, "
+        "  a.error_type::text AS error_type, a.error, a.started_at, a.finished_at "
+        "FROM facescan.attempts a JOIN facescan.images i ON i.id = a.image_id ORDER BY a.id",
+    )
+
+
+def status(cluster: Cluster, name: str) -> Obj:
+    scan = cluster.get(FACESCANS, NS, name) or {}
+    return dict(scan.get("status") or {})
+
+
+def phase(cluster: Cluster, name: str) -> str:
+    return str(status(cluster, name).get("phase") or "")
+
+
+def events(cluster: Cluster, reason: str | None = None) -> list[Obj]:
+    found = cluster.objects("v1/events", NS)
+    return [e for e in found if reason in (None, e.get("reason"))]
+
+
+def jobs(cluster: Cluster, scan: str) -> list[Obj]:
+    return cluster.objects("batch/v1/jobs", NS, labels=f"facescan.io/scan={scan}")
+
+
+def finished(job: Obj) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") in ("Complete", "Failed") for c in conditions)
+
+
+def created_jobs(cluster: Cluster) -> list[Obj]:
+    """Every Job created through the API (from the emulator's request log), deleted or not."""
+
+    async def read() -> list[Obj]:
+        return [
+            dict(request.data)
+            for request in cluster.emulator
+            if request.resource == JOBS and request.action == kmock.action.CREATE
+            if isinstance(request.data, dict)
+        ]
+
+    return cluster.call(read())
+
+
+def validate_jobs(manifests: Iterable[Obj], version: str = "1.30") -> int:
+    """kubernetes-validate (strict) on each manifest; returns how many were checked."""
+    checked = 0
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, version, strict=True)
+        checked += 1
+    return checked
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Polls check() (sync or async) until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(every)
