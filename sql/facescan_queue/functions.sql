@@ -12,6 +12,25 @@
 --   FS004 unknown image
 --   FS005 invalid argument (a face embedding of the wrong size, a bad limit)
 
+-- The transition guard ---------------------------------------------------------
+
+-- The legal moves (see schema.sql). count_images() refuses any other move of any
+-- UPDATE statement on images, whoever makes it, so the functions below and a direct
+-- write alike cannot break the state machine. (Checked once per statement over its
+-- transition tables: a row trigger cost every claim and commit a second read of the row.)
+CREATE OR REPLACE FUNCTION facescan.legal_transition(
+    p_from facescan.image_state, p_to facescan.image_state
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_from = p_to
+        OR (p_from = 'pending' AND p_to = 'leased')
+        OR (p_from = 'leased' AND p_to IN ('done', 'pending', 'dead'))
+        OR (p_from IN ('dead', 'done') AND p_to = 'pending')
+$$;
+
+DROP TRIGGER IF EXISTS images_guard ON facescan.images;
+DROP FUNCTION IF EXISTS facescan.guard_image_transition();
+
 -- Counters -------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION facescan.count_shard() RETURNS smallint
@@ -19,9 +38,12 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT (pg_backend_pid() % 16)::smallint
 $$;
 
--- Keeps facescan.image_counts equal to the images table, one statement at a time.
+-- Keeps facescan.image_counts equal to the images table, one statement at a time, and
+-- refuses an UPDATE that makes an illegal move (legal_transition, above).
 CREATE OR REPLACE FUNCTION facescan.count_images() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_illegal record;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO facescan.image_counts AS c
@@ -44,6 +66,14 @@ BEGIN
         ON CONFLICT ON CONSTRAINT image_counts_key
         DO UPDATE SET images = c.images + EXCLUDED.images, faces = c.faces + EXCLUDED.faces;
     ELSE
+        SELECT o.id, o.state, n.state AS new_state INTO v_illegal
+        FROM old_rows o JOIN new_rows n ON n.id = o.id
+        WHERE NOT facescan.legal_transition(o.state, n.state)
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'illegal transition of image %: % -> %',
+                v_illegal.id, v_illegal.state, v_illegal.new_state USING ERRCODE = 'FS002';
+        END IF;
         INSERT INTO facescan.image_counts AS c
             (library, state, step, size_class, error_type, degraded, shard, images, faces)
         SELECT library, state, step, size_class, error_type, degraded, facescan.count_shard(),
@@ -111,26 +141,6 @@ BEGIN
 END
 $$;
 
--- The transition guard -------------------------------------------------------------
-
-CREATE OR REPLACE FUNCTION facescan.guard_image_transition() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.state IS DISTINCT FROM OLD.state
-       AND NOT (OLD.state::text || '>' || NEW.state::text) = ANY (ARRAY[
-           'pending>leased', 'leased>done', 'leased>pending', 'leased>dead',
-           'dead>pending', 'done>pending'])
-    THEN
-        RAISE EXCEPTION 'illegal transition of image %: % -> %', OLD.id, OLD.state, NEW.state
-            USING ERRCODE = 'FS002';
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE OR REPLACE TRIGGER images_guard BEFORE UPDATE OF state ON facescan.images
-    FOR EACH ROW EXECUTE FUNCTION facescan.guard_image_transition();
-
 -- Libraries and registration -----------------------------------------------------------
 
 -- Creates the library or updates the settings given (NULL keeps the current value).
@@ -179,8 +189,10 @@ BEGIN
         RAISE EXCEPTION 'unknown library %', p_library USING ERRCODE = 'FS003';
     END IF;
     WITH inserted AS (
-        INSERT INTO facescan.images (library, path, width, height, file_bytes, priority)
-        SELECT p_library, u.path, u.width, u.height, u.file_bytes, p_priority
+        INSERT INTO facescan.images
+            (library, path, width, height, file_bytes, size_class, priority)
+        SELECT p_library, u.path, u.width, u.height, u.file_bytes,
+               facescan.size_class(u.width, u.height), p_priority
         FROM unnest(p_paths, p_widths, p_heights, p_file_bytes)
             AS u (path, width, height, file_bytes)
         ON CONFLICT (library, path) DO NOTHING
@@ -268,11 +280,6 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
-DECLARE
-    v_image facescan.images;
-    v_lib facescan.libraries;
-    v_step smallint;
-    v_attempt bigint;
 BEGIN
     -- idempotent: an image already in progress under this lease is returned again (the
     -- worker lost the reply of the call that started it)
@@ -283,32 +290,89 @@ BEGIN
       ON i.id = l.started_image AND i.lease_owner = l.owner AND i.state = 'leased'
     JOIN facescan.attempts a ON a.id = l.started_attempt
     WHERE l.owner = p_owner;
-    IF FOUND THEN
-        RETURN;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT * FROM facescan.start_unstarted(p_owner);
     END IF;
-    -- nothing in progress: every image still leased to p_owner is unstarted
-    SELECT * INTO v_image FROM facescan.images i
+END
+$$;
+
+-- start_next once nothing is in progress under the lease: every image still leased to
+-- p_owner is unstarted. (complete_and_start_next calls it directly.)
+CREATE OR REPLACE FUNCTION facescan.start_unstarted(p_owner text)
+RETURNS TABLE (
+    image_id bigint, path text, width integer, height integer, file_bytes bigint,
+    step smallint, model text, scale real, attempt_id bigint
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_id bigint;
+    v_library text;
+    v_path text;
+    v_width integer;
+    v_height integer;
+    v_file_bytes bigint;
+    v_image_step smallint;
+    v_models text[];
+    v_scales real[];
+    v_step smallint;
+    v_attempt bigint;
+BEGIN
+    SELECT i.id, i.library, i.path, i.width, i.height, i.file_bytes, i.step,
+           lib.cascade_models, lib.cascade_scales
+    INTO v_id, v_library, v_path, v_width, v_height, v_file_bytes, v_image_step,
+         v_models, v_scales
+    FROM facescan.images i JOIN facescan.libraries lib ON lib.name = i.library
     WHERE i.lease_owner = p_owner AND i.state = 'leased'
     ORDER BY i.priority DESC, i.attempts, i.id
     LIMIT 1
-    FOR UPDATE;
+    FOR UPDATE OF i;
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    SELECT * INTO v_lib FROM facescan.libraries l WHERE l.name = v_image.library;
-    v_step := least(v_image.step, cardinality(v_lib.cascade_models) - 1);
+    v_step := least(v_image_step, cardinality(v_models) - 1);
     INSERT INTO facescan.attempts (image_id, library, worker, step, model, scale)
-    VALUES (v_image.id, v_image.library, p_owner, v_step,
-            v_lib.cascade_models[v_step + 1], v_lib.cascade_scales[v_step + 1])
+    VALUES (v_id, v_library, p_owner, v_step, v_models[v_step + 1], v_scales[v_step + 1])
     RETURNING id INTO v_attempt;
-    UPDATE facescan.leases SET started_image = v_image.id, started_attempt = v_attempt
+    UPDATE facescan.leases SET started_image = v_id, started_attempt = v_attempt
     WHERE owner = p_owner;
-    IF v_step <> v_image.step THEN  -- the cascade was shortened meanwhile
-        UPDATE facescan.images SET step = v_step WHERE id = v_image.id;
+    IF v_step <> v_image_step THEN  -- the cascade was shortened meanwhile
+        UPDATE facescan.images SET step = v_step WHERE id = v_id;
     END IF;
-    RETURN QUERY SELECT v_image.id, v_image.path, v_image.width, v_image.height,
-        v_image.file_bytes, v_step, v_lib.cascade_models[v_step + 1],
-        v_lib.cascade_scales[v_step + 1], v_attempt;
+    image_id := v_id;
+    path := v_path;
+    width := v_width;
+    height := v_height;
+    file_bytes := v_file_bytes;
+    step := v_step;
+    model := v_models[v_step + 1];
+    scale := v_scales[v_step + 1];
+    attempt_id := v_attempt;
+    RETURN NEXT;
+END
+$$;
+
+-- Raises unless the image exists, p_owner holds it and started it (p_attempt is the
+-- open attempt of p_owner's lease on that image, NULL if none); returns p_attempt.
+CREATE OR REPLACE FUNCTION facescan.check_started(
+    p_image_id bigint, p_state facescan.image_state, p_lease_owner text, p_owner text,
+    p_attempt bigint
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_state IS NULL THEN
+        RAISE EXCEPTION 'unknown image %', p_image_id USING ERRCODE = 'FS004';
+    END IF;
+    IF p_state <> 'leased' OR p_lease_owner IS DISTINCT FROM p_owner THEN
+        RAISE EXCEPTION 'lease lost: image % is % (lease %), not leased to %',
+            p_image_id, p_state, coalesce(p_lease_owner, 'none'), p_owner
+            USING ERRCODE = 'FS001';
+    END IF;
+    IF p_attempt IS NULL THEN
+        RAISE EXCEPTION 'image % was never started under lease %', p_image_id, p_owner
+            USING ERRCODE = 'FS002';
+    END IF;
+    RETURN p_attempt;
 END
 $$;
 
@@ -320,21 +384,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_attempt bigint;
 BEGIN
-    IF p_image.id IS NULL THEN
-        RAISE EXCEPTION 'unknown image %', p_image_id USING ERRCODE = 'FS004';
-    END IF;
-    IF p_image.state <> 'leased' OR p_image.lease_owner IS DISTINCT FROM p_owner THEN
-        RAISE EXCEPTION 'lease lost: image % is % (lease %), not leased to %',
-            p_image_id, p_image.state, coalesce(p_image.lease_owner, 'none'), p_owner
-            USING ERRCODE = 'FS001';
-    END IF;
     SELECT l.started_attempt INTO v_attempt FROM facescan.leases l
     WHERE l.owner = p_owner AND l.started_image = p_image_id;
-    IF v_attempt IS NULL THEN
-        RAISE EXCEPTION 'image % was never started under lease %', p_image_id, p_owner
-            USING ERRCODE = 'FS002';
-    END IF;
-    RETURN v_attempt;
+    RETURN facescan.check_started(p_image_id, p_image.state, p_image.lease_owner, p_owner,
+                                  v_attempt);
 END
 $$;
 
@@ -383,6 +436,118 @@ $$;
 -- attempt closed, image done. Refused (FS001) unless p_owner still holds the image.
 -- p_faces: [{"top", "right", "bottom", "left", "score", "landmarks": [x, y, ...],
 --            "embedding": [128 or 512 numbers]}], boxes in original pixels.
+-- True when committed now, false when it had landed already (a retried commit).
+CREATE OR REPLACE FUNCTION facescan.commit_result(
+    p_image_id bigint,
+    p_owner text,
+    p_max_dimension integer,
+    p_original_width integer,
+    p_original_height integer,
+    p_duration_ms integer,
+    p_faces jsonb
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state facescan.image_state;
+    v_lease_owner text;
+    v_error_type facescan.error_type;
+    v_face_count integer;
+    v_started bigint;
+    v_model text;
+    v_scale real;
+    v_step smallint;
+    v_degraded boolean;
+    v_faces integer;
+BEGIN
+    -- the image (locked), its lease's open attempt and that attempt's step, in one read
+    SELECT i.state, i.lease_owner, i.error_type, i.face_count, l.started_attempt,
+           a.model, a.scale, a.step,
+           a.model <> lib.cascade_models[1] OR a.scale < lib.cascade_scales[1]
+    INTO v_state, v_lease_owner, v_error_type, v_face_count, v_started,
+         v_model, v_scale, v_step, v_degraded
+    FROM facescan.images i
+    LEFT JOIN facescan.leases l ON l.owner = p_owner AND l.started_image = i.id
+    LEFT JOIN facescan.attempts a ON a.id = l.started_attempt
+    LEFT JOIN facescan.libraries lib ON lib.name = a.library
+    WHERE i.id = p_image_id
+    FOR UPDATE OF i;
+    IF v_state = 'done' THEN
+        IF EXISTS (SELECT 1 FROM facescan.detections d
+                   WHERE d.image_id = p_image_id AND d.worker = p_owner) THEN
+            RETURN false;  -- a retry of our own commit whose reply was lost: it landed
+        END IF;
+    END IF;
+    PERFORM facescan.check_started(p_image_id, v_state, v_lease_owner, p_owner, v_started);
+    IF jsonb_typeof(p_faces) IS DISTINCT FROM 'array' THEN
+        v_faces := -1;
+    ELSE
+        v_faces := jsonb_array_length(p_faces);
+    END IF;
+    IF v_faces > 0 THEN  -- (no face: nothing to check, nothing to insert)
+        IF EXISTS (
+            SELECT 1 FROM jsonb_array_elements(p_faces) AS e (face)
+            WHERE jsonb_typeof(face) IS DISTINCT FROM 'object'
+               OR NOT face ?& ARRAY['top', 'right', 'bottom', 'left']
+               OR jsonb_typeof(face -> 'top') IS DISTINCT FROM 'number'
+               OR jsonb_typeof(face -> 'right') IS DISTINCT FROM 'number'
+               OR jsonb_typeof(face -> 'bottom') IS DISTINCT FROM 'number'
+               OR jsonb_typeof(face -> 'left') IS DISTINCT FROM 'number'
+               OR (face ->> 'left')::numeric > (face ->> 'right')::numeric
+               OR (face ->> 'top')::numeric > (face ->> 'bottom')::numeric
+               OR (jsonb_typeof(face -> 'embedding') = 'array'
+                   AND jsonb_array_length(face -> 'embedding') NOT IN (128, 512))
+               OR coalesce(jsonb_typeof(face -> 'embedding'), 'null') NOT IN ('array', 'null')
+        ) THEN
+            v_faces := -1;
+        END IF;
+    END IF;
+    IF v_faces < 0 THEN
+        RAISE EXCEPTION 'faces of image % must be a JSON array of boxes (top <= bottom, '
+            'left <= right) whose embeddings, if any, have 128 (dlib) or 512 (ArcFace) '
+            'numbers', p_image_id USING ERRCODE = 'FS005';
+    END IF;
+    IF v_face_count > 0 THEN  -- faces of an earlier result (a rescan) are replaced
+        DELETE FROM facescan.faces WHERE image_id = p_image_id;
+    END IF;
+    IF v_faces > 0 THEN
+        INSERT INTO facescan.faces (image_id, box_top, box_right, box_bottom, box_left,
+                                    score, landmarks, model, embedding_dlib, embedding_arcface)
+        SELECT p_image_id, f.top, f."right", f.bottom, f."left", f.score, f.landmarks,
+               v_model,
+               CASE WHEN jsonb_typeof(f.embedding) = 'array'
+                         AND jsonb_array_length(f.embedding) = 128
+                    THEN f.embedding::text::vector END,
+               CASE WHEN jsonb_typeof(f.embedding) = 'array'
+                         AND jsonb_array_length(f.embedding) = 512
+                    THEN f.embedding::text::vector END
+        FROM jsonb_to_recordset(p_faces) AS f (
+            top integer, "right" integer, bottom integer, "left" integer, score real,
+            landmarks real[], embedding jsonb);
+    END IF;
+
+    INSERT INTO facescan.detections (image_id, model, scale, max_dimension, step, face_count,
+        original_width, original_height, degraded, duration_ms, worker)
+    VALUES (p_image_id, v_model, v_scale, p_max_dimension, v_step,
+        v_faces, p_original_width, p_original_height, v_degraded, p_duration_ms, p_owner)
+    ON CONFLICT (image_id) DO UPDATE SET
+        model = EXCLUDED.model, scale = EXCLUDED.scale, max_dimension = EXCLUDED.max_dimension,
+        step = EXCLUDED.step, face_count = EXCLUDED.face_count,
+        original_width = EXCLUDED.original_width, original_height = EXCLUDED.original_height,
+        degraded = EXCLUDED.degraded, duration_ms = EXCLUDED.duration_ms,
+        worker = EXCLUDED.worker, detected_at = now();
+    IF v_error_type IS NOT NULL THEN
+        DELETE FROM facescan.failures WHERE image_id = p_image_id;
+    END IF;
+    UPDATE facescan.attempts SET finished_at = now(), outcome = 'done' WHERE id = v_started;
+    UPDATE facescan.images
+    SET state = 'done', lease_owner = NULL, error_type = NULL,
+        degraded = v_degraded, face_count = v_faces, updated_at = now()
+    WHERE id = p_image_id;
+    RETURN true;
+END
+$$;
+
+-- commit_result, as a statement of its own (the named query complete_image).
 CREATE OR REPLACE FUNCTION facescan.complete_image(
     p_image_id bigint,
     p_owner text,
@@ -393,78 +558,9 @@ CREATE OR REPLACE FUNCTION facescan.complete_image(
     p_faces jsonb
 ) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_image facescan.images;
-    v_started bigint;
-    v_attempt facescan.attempts;
-    v_lib facescan.libraries;
-    v_faces integer;
-    v_degraded boolean;
 BEGIN
-    SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
-    IF v_image.state = 'done' AND EXISTS (
-        SELECT 1 FROM facescan.detections d WHERE d.image_id = p_image_id AND d.worker = p_owner
-    ) THEN
-        RETURN;  -- a retry of our own commit whose reply was lost: it landed already
-    END IF;
-    v_started := facescan.started_attempt(v_image, p_image_id, p_owner);
-    IF jsonb_typeof(p_faces) IS DISTINCT FROM 'array' OR EXISTS (
-        SELECT 1 FROM jsonb_array_elements(p_faces) AS e (face)
-        WHERE jsonb_typeof(face) IS DISTINCT FROM 'object'
-           OR NOT face ?& ARRAY['top', 'right', 'bottom', 'left']
-           OR jsonb_typeof(face -> 'top') IS DISTINCT FROM 'number'
-           OR jsonb_typeof(face -> 'right') IS DISTINCT FROM 'number'
-           OR jsonb_typeof(face -> 'bottom') IS DISTINCT FROM 'number'
-           OR jsonb_typeof(face -> 'left') IS DISTINCT FROM 'number'
-           OR (face ->> 'left')::numeric > (face ->> 'right')::numeric
-           OR (face ->> 'top')::numeric > (face ->> 'bottom')::numeric
-           OR (jsonb_typeof(face -> 'embedding') = 'array'
-               AND jsonb_array_length(face -> 'embedding') NOT IN (128, 512))
-           OR coalesce(jsonb_typeof(face -> 'embedding'), 'null') NOT IN ('array', 'null')
-    ) THEN
-        RAISE EXCEPTION 'faces of image % must be a JSON array of boxes (top <= bottom, '
-            'left <= right) whose embeddings, if any, have 128 (dlib) or 512 (ArcFace) '
-            'numbers', p_image_id USING ERRCODE = 'FS005';
-    END IF;
-    SELECT * INTO v_attempt FROM facescan.attempts WHERE id = v_started;
-    SELECT * INTO v_lib FROM facescan.libraries WHERE name = v_image.library;
-    v_degraded := v_attempt.model <> v_lib.cascade_models[1]
-                  OR v_attempt.scale < v_lib.cascade_scales[1];
-
-    DELETE FROM facescan.faces WHERE image_id = p_image_id;
-    INSERT INTO facescan.faces (image_id, box_top, box_right, box_bottom, box_left, score,
-                                landmarks, model, embedding_dlib, embedding_arcface)
-    SELECT p_image_id, f.top, f."right", f.bottom, f."left", f.score, f.landmarks,
-           v_attempt.model,
-           CASE WHEN jsonb_typeof(f.embedding) = 'array'
-                     AND jsonb_array_length(f.embedding) = 128
-                THEN f.embedding::text::vector END,
-           CASE WHEN jsonb_typeof(f.embedding) = 'array'
-                     AND jsonb_array_length(f.embedding) = 512
-                THEN f.embedding::text::vector END
-    FROM jsonb_to_recordset(p_faces) AS f (
-        top integer, "right" integer, bottom integer, "left" integer, score real,
-        landmarks real[], embedding jsonb);
-    GET DIAGNOSTICS v_faces = ROW_COUNT;
-
-    INSERT INTO facescan.detections (image_id, model, scale, max_dimension, step, face_count,
-        original_width, original_height, degraded, duration_ms, worker)
-    VALUES (p_image_id, v_attempt.model, v_attempt.scale, p_max_dimension, v_attempt.step,
-        v_faces, p_original_width, p_original_height, v_degraded, p_duration_ms, p_owner)
-    ON CONFLICT (image_id) DO UPDATE SET
-        model = EXCLUDED.model, scale = EXCLUDED.scale, max_dimension = EXCLUDED.max_dimension,
-        step = EXCLUDED.step, face_count = EXCLUDED.face_count,
-        original_width = EXCLUDED.original_width, original_height = EXCLUDED.original_height,
-        degraded = EXCLUDED.degraded, duration_ms = EXCLUDED.duration_ms,
-        worker = EXCLUDED.worker, detected_at = now();
-    IF v_image.error_type IS NOT NULL THEN
-        DELETE FROM facescan.failures WHERE image_id = p_image_id;
-    END IF;
-    UPDATE facescan.attempts SET finished_at = now(), outcome = 'done' WHERE id = v_started;
-    UPDATE facescan.images
-    SET state = 'done', lease_owner = NULL, error_type = NULL,
-        degraded = v_degraded, face_count = v_faces, updated_at = now()
-    WHERE id = p_image_id;
+    PERFORM facescan.commit_result(p_image_id, p_owner, p_max_dimension, p_original_width,
+        p_original_height, p_duration_ms, p_faces);
 END
 $$;
 
@@ -484,9 +580,12 @@ CREATE OR REPLACE FUNCTION facescan.complete_and_start_next(
 )
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM facescan.complete_image(p_image_id, p_owner, p_max_dimension, p_original_width,
-        p_original_height, p_duration_ms, p_faces);
-    RETURN QUERY SELECT * FROM facescan.start_next(p_owner);
+    IF facescan.commit_result(p_image_id, p_owner, p_max_dimension, p_original_width,
+                              p_original_height, p_duration_ms, p_faces) THEN
+        RETURN QUERY SELECT * FROM facescan.start_unstarted(p_owner);
+    ELSE  -- a retried commit: the next image may have been started by the first try
+        RETURN QUERY SELECT * FROM facescan.start_next(p_owner);
+    END IF;
 END
 $$;
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Self
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from facescan_queue import errors
 from facescan_queue.models import (
@@ -49,6 +50,12 @@ class Queue:
         self._settings = settings
         self._target = settings.target()
         self._user = settings.user()
+        # One connection kept out of the pool for calls that come one after another (a
+        # detector's start/commit loop): acquiring and releasing a pooled connection
+        # costs more client CPU than the call itself. Concurrent calls use the pool.
+        self._pinned: PoolConnectionProxy[Any] | None = None
+        self._pinned_busy = asyncio.Lock()
+        self._pin = pool.get_max_size() >= 2  # else a concurrent call could never run
 
     @classmethod
     async def connect(
@@ -82,6 +89,9 @@ class Queue:
         return queue
 
     async def close(self) -> None:
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None and _attached(pinned):
+            await self._pool.release(pinned)
         await self._pool.close()
 
     async def __aenter__(self) -> Self:
@@ -102,12 +112,37 @@ class Queue:
         for attempt in range(_RETRIES):
             try:
                 with errors.translated(target=self._target, user=self._user):
-                    return await self._pool.fetch(sql, *args)
+                    if not self._pin or self._pinned_busy.locked():
+                        return await self._pool.fetch(sql, *args)
+                    async with self._pinned_busy:
+                        return await self._fetch_pinned(sql, args)
             except _RETRYABLE:
                 if attempt == _RETRIES - 1:
                     raise
                 await asyncio.sleep(0.01 * 2**attempt)
         raise AssertionError("unreachable")
+
+    async def _fetch_pinned(self, sql: str, args: tuple[Any, ...]) -> list[asyncpg.Record]:
+        if self._pinned is not None and not _attached(self._pinned):
+            self._pinned = None  # the server closed it; the pool has it back already
+        connection = self._pinned
+        if connection is None:
+            connection = self._pinned = await self._pool.acquire()
+        try:
+            return await connection.fetch(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                self._unpin()
+            raise  # else the server refused the call and the connection is fine
+        except BaseException:  # broken, timed out or cancelled mid-call
+            self._unpin()
+            raise
+
+    def _unpin(self) -> None:
+        """Closes the pinned connection; the pool opens a fresh one when next asked."""
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None and _attached(pinned):
+            pinned.terminate()  # asyncpg hands a terminated connection back to its pool
 
     async def _value(self, name: str, *args: Any) -> Any:
         rows = await self._fetch(name, *args)
@@ -408,6 +443,15 @@ class Queue:
     async def recount(self, library: str) -> None:
         """Rebuilds a library's counters from its images (repair)."""
         await self._fetch("recount", library)
+
+
+def _attached(connection: Any) -> bool:
+    """Whether a pooled connection is still ours and open (asyncpg detaches a pooled
+    connection from its proxy, handing it back to the pool, when it closes)."""
+    try:
+        return not connection.is_closed()
+    except asyncpg.InterfaceError:
+        return False
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:

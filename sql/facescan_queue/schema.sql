@@ -96,7 +96,9 @@ CREATE TABLE facescan.images (
     width integer CHECK (width > 0),
     height integer CHECK (height > 0),
     file_bytes bigint CHECK (file_bytes >= 0),
-    size_class smallint NOT NULL GENERATED ALWAYS AS (facescan.size_class(width, height)) STORED,
+    -- facescan.size_class(width, height), stored by register_images (the only writer of
+    -- width and height); not a generated column, whose expression every UPDATE would set up
+    size_class smallint NOT NULL,
     priority smallint NOT NULL DEFAULT 0,
     state facescan.image_state NOT NULL DEFAULT 'pending',
     step smallint NOT NULL DEFAULT 0 CHECK (step >= 0),
@@ -116,7 +118,11 @@ CREATE TABLE facescan.images (
 -- The runnable queue: claim walks this partial index in claim order.
 CREATE INDEX images_runnable ON facescan.images
     (library, step, size_class, priority DESC, attempts, id) WHERE state = 'pending';
-CREATE INDEX images_leased ON facescan.images (lease_owner) WHERE state = 'leased';
+-- Also serves the foreign key check of every lease deleted ("WHERE lease_owner = $1"):
+-- the predicate is implied by it, as state = 'leased' would not be (a full table scan).
+-- In start_next's order: the next image of a lease is its first live entry.
+CREATE INDEX images_leased ON facescan.images (lease_owner, priority DESC, attempts, id)
+    WHERE lease_owner IS NOT NULL;
 CREATE INDEX images_failing ON facescan.images (library, error_type)
     WHERE error_type IS NOT NULL;
 
@@ -230,3 +236,4 @@ FROM facescan.failures f
 JOIN facescan.images i ON i.id = f.image_id;
 
 INSERT INTO facescan.schema_version (version, description) VALUES (1, 'initial schema');
+INSERT INTO facescan.schema_version (version, description) VALUES (2, 'cheaper queue transitions');

