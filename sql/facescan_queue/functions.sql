@@ -868,3 +868,34 @@ LANGUAGE sql STABLE AS $$
         LIMIT p_window
     ) AS a
 $$;
+
+-- Attempts of a library that finished in [p_since, p_until), by outcome and failure
+-- type: what the operator's attempts counter adds each tick, p_since and p_until being
+-- the clocks attempt_clock gave at the previous tick and this one. Only attempts from
+-- p_from_id on are read (the previous tick's attempt_clock: every earlier attempt had
+-- finished by then). An attempt whose commit straddles a tick's clock can be missed.
+CREATE OR REPLACE FUNCTION facescan.attempt_outcomes(
+    p_library text, p_since timestamptz, p_until timestamptz, p_from_id bigint
+) RETURNS TABLE (outcome text, error_type text, attempts bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT a.outcome::text, a.error_type::text, count(*)::bigint
+    FROM facescan.attempts a
+    WHERE a.library = p_library AND a.id >= p_from_id
+      AND a.finished_at >= p_since AND a.finished_at < p_until
+    GROUP BY 1, 2
+    ORDER BY 1, 2
+$$;
+
+-- The clock and the lowest attempt id of the library that may still finish (the open
+-- attempt of a lease, whose started attempts are the only open ones; else the next id).
+CREATE OR REPLACE FUNCTION facescan.attempt_clock(p_library text)
+RETURNS TABLE (now timestamptz, from_id bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT now(), coalesce(
+        (SELECT min(a.id) FROM facescan.leases l
+         JOIN facescan.attempts a ON a.id = l.started_attempt AND a.finished_at IS NULL
+         WHERE l.library = p_library),
+        (SELECT max(a.id) + 1 FROM facescan.attempts a WHERE a.library = p_library),
+        0)
+$$;
+

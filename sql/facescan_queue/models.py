@@ -156,6 +156,15 @@ class RecentOutcomes:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptClock:
+    """Where counting finished attempts stands: the database clock and the lowest attempt
+    id that may still finish."""
+
+    now: datetime
+    from_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStatus:
     """A library's counts. ``retrying`` are pending images with a failure behind them."""
 

@@ -60,6 +60,12 @@ SELECT * FROM facescan.runnable_groups($1, $2);
 -- name: recent_outcomes
 SELECT * FROM facescan.recent_outcomes($1, $2, $3);
 
+-- name: attempt_clock
+SELECT * FROM facescan.attempt_clock($1);
+
+-- name: attempt_outcomes
+SELECT * FROM facescan.attempt_outcomes($1, $2, $3, $4);
+
 -- name: compact_counts
 SELECT facescan.compact_counts();
 

@@ -18,6 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from facescan_queue import errors
 from facescan_queue.models import (
+    AttemptClock,
     CascadeStep,
     ClaimedImage,
     DetectionResult,
@@ -376,6 +377,17 @@ class Queue:
         """Outcomes of the last ``window`` finished attempts after attempt ``after_id``."""
         rows = await self._fetch("recent_outcomes", library, window, after_id)
         return RecentOutcomes(*rows[0])
+
+    async def attempt_clock(self, library: str) -> AttemptClock:
+        """The database clock and the lowest attempt id that may still finish."""
+        return AttemptClock(*(await self._fetch("attempt_clock", library))[0])
+
+    async def attempt_outcomes(
+        self, library: str, since: AttemptClock, until: AttemptClock
+    ) -> dict[tuple[str, str | None], int]:
+        """Attempts finished between two clocks, by (outcome, failure type)."""
+        rows = await self._fetch("attempt_outcomes", library, since.now, until.now, since.from_id)
+        return {(r["outcome"], r["error_type"]): r["attempts"] for r in rows}
 
     async def libraries(self) -> list[str]:
         """Every library's name."""

@@ -27,6 +27,7 @@ from facescan_operator.k8s.spec import GROUP, PLURAL, VERSION, FaceScanSpec
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.errors import DatabaseUnavailable, QueueError
 from facescan_queue.migrate import migrate
+from facescan_queue.models import AttemptClock
 from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings
 
@@ -40,6 +41,7 @@ _queues: dict[str, Queue] = {}
 _breakers: dict[str, CircuitBreaker] = {}
 _locks: dict[str, asyncio.Lock] = {}
 _invalid: dict[str, str] = {}  # uid -> the invalid-spec message already reported
+_clocks: dict[str, AttemptClock] = {}  # uid -> where counting finished attempts stands
 log = logging.getLogger(__name__)
 
 
@@ -145,7 +147,14 @@ async def reconcile_scan(
         try:
             queue = await _queue(namespace, parsed)
             outcome = await reconcile(
-                scan, parsed, queue, _api(), breaker, dict(status), calibration=CALIBRATION
+                scan,
+                parsed,
+                queue,
+                _api(),
+                breaker,
+                dict(status),
+                calibration=CALIBRATION,
+                attempt_clock=_clocks.get(uid),
             )
         except DatabaseUnavailable as exc:
             breaker.database_down(str(exc), time.time())
@@ -156,12 +165,16 @@ async def reconcile_scan(
         except QueueError as exc:
             raise kopf.TemporaryError(str(exc), delay=60) from exc
         breaker.database_up()
-        metrics.RECONCILE_SECONDS.labels(name).observe(time.monotonic() - started)
+        if outcome.attempt_clock is not None:
+            _clocks[uid] = outcome.attempt_clock
+        metrics.RECONCILE_SECONDS.labels(namespace, name).observe(time.monotonic() - started)
     for key, value in changed(dict(status), outcome.status).items():
         patch.status[key] = value
     for kind, reason, message in outcome.events:
         (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=message)
-    metrics.record(name, outcome.status, outcome.created, outcome.oom_killed)
+    metrics.record(
+        namespace, name, outcome.status, outcome.created, outcome.oom_killed, outcome.attempts
+    )
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -189,6 +202,8 @@ async def delete_scan(
     _breakers.pop(uid, None)
     _locks.pop(uid, None)
     _invalid.pop(uid, None)
+    _clocks.pop(uid, None)
+    metrics.forget(namespace, name)
 
 
 @kopf.on.probe(id="databases")

@@ -27,7 +27,13 @@ from facescan_operator.k8s.observe import JobOutcome, JobView
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
 from facescan_operator.sizing import CalibrationTable
-from facescan_queue.models import GroupCount, LeaseInfo, LibraryPolicy, QueueStatus
+from facescan_queue.models import (
+    AttemptClock,
+    GroupCount,
+    LeaseInfo,
+    LibraryPolicy,
+    QueueStatus,
+)
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
 
@@ -236,6 +242,10 @@ class Outcome:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     created: list[tuple[str, str]] = field(default_factory=list)
     oom_killed: int = 0
+    attempt_clock: AttemptClock | None = None
+    """Where counting finished attempts stands after this tick (pass it to the next)."""
+    attempts: dict[tuple[str, str | None], int] = field(default_factory=dict)
+    """Attempts finished since the previous tick, by (outcome, failure type)."""
 
 
 class KubeApi:
@@ -264,8 +274,9 @@ async def reconcile(
     *,
     calibration: CalibrationTable,
     now: datetime | None = None,
+    attempt_clock: AttemptClock | None = None,
 ) -> Outcome:
-    """One level-based pass over a FaceScan."""
+    """One level-based pass over a FaceScan; ``attempt_clock`` is the previous tick's."""
     from facescan_operator.k8s.jobs import scan_labels
     from facescan_operator.k8s.observe import view_jobs
 
@@ -363,6 +374,8 @@ async def reconcile(
         )
 
     # (3) status
+    clock = await queue.attempt_clock(library)
+    attempts = await queue.attempt_outcomes(library, attempt_clock, clock) if attempt_clock else {}
     counts = await queue.status(library)
     before_dead = ((previous_status.get("counts") or {}).get("dead")) or 0
     if counts.dead > before_dead:
@@ -383,4 +396,4 @@ async def reconcile(
         previous_status,
         now,
     )
-    return Outcome(status, events, created, oom_killed)
+    return Outcome(status, events, created, oom_killed, clock, attempts)

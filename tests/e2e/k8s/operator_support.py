@@ -143,6 +143,7 @@ class Operator:
         handlers._breakers.clear()
         handlers._locks.clear()
         handlers._queues.clear()
+        handlers._clocks.clear()
 
     def ticks_since(self, when: datetime) -> list[Tick]:
         return [t for t in self.ticks if t.at >= when]

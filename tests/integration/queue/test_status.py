@@ -274,3 +274,28 @@ async def test_runnable_groups_count_due_images_up_to_the_cap(
 
     assert [(g.step, g.size_class, g.runnable) for g in groups] == [(0, 0, 3), (0, 1, 1), (1, 0, 1)]
     assert await queue.runnable_groups(OTHER, cap=3) == []
+
+
+async def test_attempts_finished_between_two_clocks_are_counted_once_by_outcome(
+    queue: Queue,
+) -> None:
+    """What the operator's facescan_attempts_total adds tick after tick: each finished
+    attempt exactly once, including one that was open across a tick."""
+    await register(queue, 4)
+    first = await queue.attempt_clock(LIB)
+    done = await claim_and_start(queue, "w1")
+    await queue.complete(done.image_id, "w1", result([face()]))
+    failed = await claim_and_start(queue, "w2")
+    await queue.fail(failed.image_id, "w2", ErrorType.DECODE, "truncated")
+    slow = await claim_and_start(queue, "w3")  # still open at the next clock
+    second = await queue.attempt_clock(LIB)
+    assert second.from_id == slow.attempt_id
+    assert await queue.attempt_outcomes(LIB, first, second) == {
+        ("done", None): 1,
+        ("failed", "decode"): 1,
+    }
+
+    await queue.release("w3", charge=ErrorType.CRASH, error="pod gone")
+    third = await queue.attempt_clock(LIB)
+    assert await queue.attempt_outcomes(LIB, second, third) == {("failed", "crash"): 1}
+    assert await queue.attempt_outcomes(LIB, third, await queue.attempt_clock(LIB)) == {}
