@@ -20,6 +20,8 @@ LABEL_STEP = f"{GROUP}/step"
 LABEL_SIZE_CLASS = f"{GROUP}/size-class"
 LABEL_POOL = f"{GROUP}/pool"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TTL_BACKSTOP_S = 3600
+"""Added to a Job's ttlSecondsAfterFinished (see build_detector_job)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         {"name": "FACESCAN_MAX_DIMENSION", "value": str(spec.max_dimension)},
         {"name": "FACESCAN_IMAGE_TIMEOUT_S", "value": str(spec.image_timeout_seconds)},
         {"name": "FACESCAN_LEASE_SECONDS", "value": str(spec.lease_seconds)},
+        {"name": "FACESCAN_MODEL", "value": batch.model},  # loaded while connecting
         {
             "name": "FACESCAN_DSN",
             "valueFrom": {
@@ -156,7 +159,11 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         pod_spec["tolerations"] = [dict(t) for t in pool.tolerations]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
-        "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+        # The operator deletes a finished Job ttlSecondsAfterFinished after it has read how
+        # its pod ended; Kubernetes' own TTL is only a backstop for an operator that is
+        # gone, late enough never to delete a Job before the operator has settled it (an
+        # OOMKilled pod deleted unread would be charged crash instead of oom).
+        "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished + TTL_BACKSTOP_S,
         # a hung pod cannot hold its images forever
         "activeDeadlineSeconds": batch.images * spec.image_timeout_seconds + 900,
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},

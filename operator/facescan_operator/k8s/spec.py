@@ -54,6 +54,15 @@ class RetryPolicy(_Spec):
     backoff_cap_seconds: int = Field(default=3600, alias="backoffCapSeconds", ge=1)
     max_attempts: int = Field(default=5, alias="maxAttempts", ge=1, le=100)
 
+    @model_validator(mode="after")
+    def _base_within_cap(self) -> RetryPolicy:
+        if self.backoff_base_seconds > self.backoff_cap_seconds:
+            raise ValueError(
+                f"backoffBaseSeconds ({self.backoff_base_seconds}) must not exceed "
+                f"backoffCapSeconds ({self.backoff_cap_seconds})"
+            )
+        return self
+
 
 class NodePool(_Spec):
     name: str

@@ -360,6 +360,11 @@ BAD_SPECS = {
         "has no node pool serving 'hog'",
         False,  # the schema cannot see this: only the operator can refuse it
     ),
+    "backoff-base-over-cap": (
+        {"retryPolicy": {"backoffBaseSeconds": 7200, "backoffCapSeconds": 3600}},
+        "spec.retryPolicy: backoffBaseSeconds (7200) must not exceed backoffCapSeconds (3600)",
+        False,  # a CEL rule on a real API server; jsonschema does not evaluate it
+    ),
 }
 
 
