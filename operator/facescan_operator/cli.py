@@ -1,17 +1,21 @@
 """`facescan`: scan a photo library on this machine and inspect the queue.
 
-Every command takes --dsn (a PostgreSQL URL; FACESCAN_DSN) or --data-dir (the embedded
-PostgreSQL's directory, used when no DSN is given). Exit codes: 0 success (failed images
-are data, not errors), 2 usage error or unknown image, 3 database error, 130 interrupted.
+Every command but `operator` takes --dsn (a PostgreSQL URL; FACESCAN_DSN) or --data-dir
+(the embedded PostgreSQL's directory, used when no DSN is given). Exit codes: 0 success
+(failed images are data, not errors), 2 usage error or unknown image or library, 3
+database error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -27,8 +31,18 @@ from facescan_queue.settings import DatabaseSettings
 from facescan_queue.types import ErrorType
 
 T = TypeVar("T")
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 EXIT_DATABASE = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 app = typer.Typer(
     help="Find every face in a photo library without losing one.",
@@ -53,6 +67,14 @@ DataDirOption = Annotated[
     typer.Option(
         "--data-dir",
         help="Embedded PostgreSQL directory (default: $XDG_DATA_HOME/facescan/postgres).",
+    ),
+]
+LibraryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--library",
+        help="The library by name, e.g. a FaceScan's <namespace>/<name>; image paths are "
+        "then relative to its root (default: the scanned directory an absolute PATH is in).",
     ),
 ]
 JsonOption = Annotated[
@@ -81,6 +103,11 @@ def _run(
     settings = DatabaseSettings(dsn=SecretStr(url))
 
     async def go() -> T:
+        # SIGTERM (kill, systemd, a container stop) ends the run as Ctrl-C does: workers
+        # stopped, their images handed back, the embedded database shut down
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         if create or embedded is not None:
             await migrate(settings)
         queue = await Queue.connect(settings, max_size=4)
@@ -97,12 +124,13 @@ def _run(
     except QueueError as exc:
         print(f"facescan: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_DATABASE) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         print(
             "facescan: interrupted; unfinished images were handed back to the queue",
             file=sys.stderr,
         )
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+        raise typer.Exit(code) from None
     finally:
         if embedded is not None:
             embedded.stop()
@@ -181,6 +209,38 @@ def scan(
 
 
 @app.command()
+def register(
+    root: Annotated[
+        Path,
+        typer.Argument(
+            help="The library root: every image under it is registered, by its path relative "
+            "to it.",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    library: Annotated[
+        str | None,
+        typer.Option(
+            "--library",
+            help="Library name, e.g. the <namespace>/<name> of a FaceScan whose pods mount ROOT "
+            "(default: ROOT's absolute path, as `facescan scan` names it).",
+        ),
+    ] = None,
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register the images under ROOT without detecting: reads only their headers.
+
+    For a cluster: run it where the photos are, against the FaceScan's database, and the
+    operator's Jobs detect them. Idempotent: images already registered are left as they are.
+    """
+    result = _run(lambda q, _: commands.register(q, root, library), dsn, data_dir, create=True)
+    _emit(result, as_json, commands.register_text(result))
+
+
+@app.command()
 def status(
     dsn: DsnOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
 ) -> None:
@@ -198,22 +258,26 @@ def failures(
         ErrorType | None, typer.Option("--type", help="Only this failure type.")
     ] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Only dead (given up) images.")] = False,
+    library: LibraryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """One row per failing image: path, error type, attempts, last error, next retry."""
-    rows = _run(lambda q, _: commands.failures(q, error_type, dead), dsn, data_dir)
+    rows = _run(lambda q, _: commands.failures(q, error_type, dead, library), dsn, data_dir)
     _emit({"failures": rows}, as_json, commands.failures_text(rows))
 
 
 @app.command()
 def faces(
-    path: Annotated[Path, typer.Argument(help="A scanned image file.")],
+    path: Annotated[
+        Path, typer.Argument(help="A scanned image file (relative to the root with --library).")
+    ],
     dsn: DsnOption = None,
     data_dir: DataDirOption = None,
+    library: LibraryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The faces of one image, in original pixels as a person sees it."""
-    result = _run(lambda q, _: commands.faces(q, path), dsn, data_dir)
+    result = _run(lambda q, _: commands.faces(q, path, library), dsn, data_dir)
     _emit(result, as_json, commands.faces_text(result))
 
 
@@ -226,14 +290,19 @@ def requeue(
     error_type: Annotated[
         ErrorType | None, typer.Option("--type", help="Only this failure type.")
     ] = None,
+    library: LibraryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Make failed images runnable again now, with a fresh attempt budget."""
-    count = _run(lambda q, _: commands.requeue(q, paths or [], dead, error_type), dsn, data_dir)
+    """Make failed images runnable again now, with a fresh attempt budget.
+
+    Without PATH: the failing images of every library (or of --library)."""
+    count = _run(
+        lambda q, _: commands.requeue(q, paths or [], dead, error_type, library), dsn, data_dir
+    )
     _emit(
         {"requeued": count},
         as_json,
-        f"requeued {count} images; run `facescan scan DIR` to process them",
+        f"requeued {count} images: the next `facescan scan` or the operator's next tick runs them",
     )
 
 
@@ -258,6 +327,14 @@ def db_migrate(dsn: DsnOption = None, data_dir: DataDirOption = None) -> None:
 @app.command("import-legacy")
 def import_legacy(
     root: Annotated[Path, typer.Option(help="Library root the legacy image paths are under.")],
+    library: Annotated[
+        str | None,
+        typer.Option(
+            "--library",
+            help="Library name, e.g. a FaceScan's <namespace>/<name> (default: ROOT's "
+            "absolute path).",
+        ),
+    ] = None,
     dsn: DsnOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
@@ -267,7 +344,9 @@ def import_legacy(
     Images it never processed are queued first; images it marked processed are queued
     too, because it marked failures processed with 0 faces.
     """
-    result = _run(lambda q, url: commands.import_legacy(q, url, root), dsn, data_dir, create=True)
+    result = _run(
+        lambda q, url: commands.import_legacy(q, url, root, library), dsn, data_dir, create=True
+    )
     _emit(result, as_json, commands.import_text(result))
 
 
@@ -289,6 +368,10 @@ def operator(
             "replicas safely (one active) (default: standalone)."
         ),
     ] = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(envvar="FACESCAN_LOG_LEVEL", show_envvar=True, help="Least level logged."),
+    ] = LogLevel.INFO,
 ) -> None:
     """Run the Kubernetes operator: reconcile every FaceScan (kopf).
 
@@ -299,6 +382,9 @@ def operator(
 
     from facescan_operator.k8s import handlers  # noqa: F401  (registers the handlers)
 
+    kopf.configure(debug=log_level is LogLevel.DEBUG, quiet=log_level is not LogLevel.INFO)
+    if log_level is LogLevel.ERROR:
+        logging.getLogger().setLevel(logging.ERROR)
     kopf.run(
         clusterwide=not namespace,
         namespaces=namespace or (),

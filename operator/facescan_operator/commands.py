@@ -16,7 +16,7 @@ from facescan_operator.memlimit import MemoryLimiter
 from facescan_operator.planner import PlanSettings
 from facescan_operator.registration import read_header, scan_directory
 from facescan_operator.sizing import CalibrationTable
-from facescan_queue.errors import UnknownImage
+from facescan_queue.errors import UnknownImage, UnknownLibrary
 from facescan_queue.models import LibraryPolicy, NewImage, QueueStatus
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType, ImageState
@@ -223,9 +223,51 @@ def status_text(totals: QueueStatus, per_library: dict[str, QueueStatus]) -> str
     return "\n".join(lines)
 
 
-async def failures(queue: Queue, error_type: ErrorType | None, dead: bool) -> list[dict[str, Any]]:
+async def _libraries(queue: Queue, library: str | None) -> list[str]:
+    """Every library, or the one named (UnknownLibrary if there is none of that name)."""
+    names = await queue.libraries()
+    if library is None:
+        return names
+    if library not in names:
+        raise UnknownLibrary(f"no library {library!r} (libraries: {', '.join(names) or 'none'})")
+    return [library]
+
+
+async def register(queue: Queue, root: Path, library: str | None) -> dict[str, Any]:
+    """Registers the images under ``root`` (header reads only, no detection) in
+    ``library``, by default the one `facescan scan` would use: the absolute directory."""
+    root = root.resolve()
+    name = library or str(root)
+    await queue.ensure_library(name)
+    images = scan_directory(root)
+    added = await queue.register(name, images)
+    return {
+        "library": name,
+        "root": str(root),
+        "images": len(images),
+        "registered": added,
+        "without_size": sum(1 for i in images if i.width is None),
+    }
+
+
+def register_text(result: dict[str, Any]) -> str:
+    text = (
+        f"{result['images']} images under {result['root']}: {result['registered']} new in "
+        f"library {result['library']}"
+    )
+    if result["without_size"]:
+        text += (
+            f"\n{result['without_size']} whose header could not be read: registered without "
+            "a size; the detector will record why"
+        )
+    return text
+
+
+async def failures(
+    queue: Queue, error_type: ErrorType | None, dead: bool, library: str | None = None
+) -> list[dict[str, Any]]:
     rows = []
-    for name in await queue.libraries():
+    for name in await _libraries(queue, library):
         for f in await queue.failures(name, error_type=error_type, dead_only=dead):
             rows.append(
                 {
@@ -253,8 +295,12 @@ def failures_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def _locate(queue: Queue, path: Path) -> tuple[str, str]:
-    """(library, relative path) of a file under a scanned library root."""
+async def _locate(queue: Queue, path: Path, library: str | None = None) -> tuple[str, str]:
+    """(library, relative path) of a file under a scanned library root, or of a path
+    relative to the library named."""
+    if library is not None:
+        (name,) = await _libraries(queue, library)
+        return name, str(path)
     absolute = path.resolve() if path.exists() else path.absolute()
     best: str | None = None
     for name in await queue.libraries():
@@ -270,12 +316,13 @@ async def _locate(queue: Queue, path: Path) -> tuple[str, str]:
     return best, str(absolute.relative_to(best))
 
 
-async def faces(queue: Queue, path: Path) -> dict[str, Any]:
-    library, relative = await _locate(queue, path)
+async def faces(queue: Queue, path: Path, library: str | None = None) -> dict[str, Any]:
+    library, relative = await _locate(queue, path, library)
     image = await queue.image(library, relative)
     rows = await queue.faces(image["id"]) if image["state"] == ImageState.DONE else []
     return {
-        "path": str(Path(library) / relative),
+        "path": str(Path(library) / relative) if library.startswith("/") else relative,
+        "library": library,
         "state": image["state"],
         "model": image["model"],
         "scale": image["scale"],
@@ -313,18 +360,24 @@ def faces_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def requeue(queue: Queue, paths: list[Path], dead: bool, error_type: ErrorType | None) -> int:
+async def requeue(
+    queue: Queue,
+    paths: list[Path],
+    dead: bool,
+    error_type: ErrorType | None,
+    library: str | None = None,
+) -> int:
     if not paths:
         return sum(
             [
                 await queue.requeue(name, only_dead=dead, error_type=error_type)
-                for name in await queue.libraries()
+                for name in await _libraries(queue, library)
             ]
         )
     by_library: dict[str, list[str]] = {}
     for path in paths:
-        library, relative = await _locate(queue, path)
-        by_library.setdefault(library, []).append(relative)
+        name, relative = await _locate(queue, path, library)
+        by_library.setdefault(name, []).append(relative)
     return sum(
         [
             await queue.requeue(name, only_dead=dead, error_type=error_type, paths=relatives)
@@ -333,9 +386,11 @@ async def requeue(queue: Queue, paths: list[Path], dead: bool, error_type: Error
     )
 
 
-async def import_legacy(queue: Queue, _dsn: str, root: Path) -> dict[str, Any]:
+async def import_legacy(
+    queue: Queue, _dsn: str, root: Path, library: str | None = None
+) -> dict[str, Any]:
     root = root.absolute()
-    name = str(root)
+    name = library or str(root)
     await queue.ensure_library(name)
     rows = await queue.legacy_images()
     fresh: list[NewImage] = []

@@ -199,6 +199,8 @@ class LocalRunner:
             str(self.options.image_timeout_s),
             "--lease-seconds",
             str(self.options.lease_seconds),
+            "--model",
+            batch.model,
         ]
         if self.options.model_dir is not None:
             command += ["--model-dir", str(self.options.model_dir)]

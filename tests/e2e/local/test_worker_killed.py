@@ -121,3 +121,38 @@ def test_killed_worker_charges_only_its_image_and_loses_no_face(dsn: str, tmp_pa
     assert boxes_by_path(dsn, str(killed)) == expected
     assert {p: len(expected[p]) for p in HOG_FACES} == HOG_FACES
     assert duplicated_faces(dsn) == []
+
+
+@pytest.mark.slow
+def test_a_terminated_scan_stops_its_workers_and_hands_every_image_back(
+    dsn: str, tmp_path: Path
+) -> None:
+    """`kill` (SIGTERM: systemd, a container stop) ends a scan as Ctrl-C does: exit 143,
+    no detector left running, no image left leased and none charged."""
+    library = tmp_path / "photos"
+    _library(library)
+    scan = start_facescan(
+        "scan", library, "--workers", "1", "--batch-size", "12", dsn=dsn, out=tmp_path / "scan"
+    )
+    try:
+        detector = detector_of(scan)
+        wait_for_done(dsn, str(library), 1)
+        scan.send_signal(signal.SIGTERM)
+        assert scan.wait(timeout=60) == 143
+    finally:
+        if scan.poll() is None:
+            scan.kill()
+            scan.wait()
+    assert (
+        "interrupted; unfinished images were handed back" in (tmp_path / "scan.stderr").read_text()
+    )
+    assert not detector.is_running()
+    assert fetch(dsn, "SELECT count(*) FROM facescan.leases")[0][0] == 0
+    states = fetch(dsn, "SELECT state, count(*) FROM facescan.images GROUP BY state ORDER BY state")
+    assert {r["state"] for r in states} <= {"pending", "done"}
+    assert fetch(dsn, "SELECT count(*) FROM facescan.failures")[0][0] == 0
+    unfinished = fetch(
+        dsn,
+        "SELECT count(*) FROM facescan.attempts WHERE finished_at IS NULL OR outcome = 'failed'",
+    )
+    assert unfinished[0][0] == 0
