@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -39,36 +40,55 @@ def _parser() -> argparse.ArgumentParser:
         help="process the images of one lease, then exit",
         description="Process the images leased to OWNER one by one: commit each image's "
         "faces, or record a typed failure. Every option can also come from the "
-        "environment (FACESCAN_<OPTION>, e.g. FACESCAN_LEASE_OWNER); the database is "
+        "environment variable named in its help (the Job contract); the database is "
         "FACESCAN_DSN or the standard PG* variables.",
         epilog="exit codes: 0 lease finished, 2 cannot start, 3 image timed out, "
         "4 host out of memory, 75 database or library unavailable",
     )
-    run.add_argument("--owner", dest="lease_owner", help="lease owner (FACESCAN_LEASE_OWNER)")
+    run.add_argument(
+        "--owner", dest="lease_owner", help="lease owner, required (FACESCAN_LEASE_OWNER)"
+    )
     run.add_argument(
         "--root",
         dest="library_root",
         type=Path,
-        help="library root the image paths are relative to",
+        help="library root the image paths are relative to, required (FACESCAN_LIBRARY_ROOT)",
     )
-    run.add_argument("--max-dimension", type=int, help="cap on the long side (default 1280)")
+    run.add_argument(
+        "--max-dimension",
+        type=int,
+        help="cap on the long side (default 1280; FACESCAN_MAX_DIMENSION)",
+    )
     run.add_argument(
         "--timeout",
         dest="image_timeout_s",
         type=float,
-        help="seconds per image before it fails as timeout (default 300)",
+        help="seconds per image before it fails as timeout (default 300; FACESCAN_IMAGE_TIMEOUT_S)",
     )
-    run.add_argument("--lease-seconds", type=int, help="lease duration (default 120)")
-    run.add_argument("--model-dir", type=Path, help="InsightFace ONNX models directory")
     run.add_argument(
-        "--upsample", dest="hog_upsample", type=int, help="dlib upsamplings for hog/cnn (default 1)"
+        "--lease-seconds", type=int, help="lease duration (default 120; FACESCAN_LEASE_SECONDS)"
+    )
+    run.add_argument(
+        "--model",
+        choices=MODELS,
+        help="model of the lease's cascade step, loaded while connecting; a hint, each "
+        "image's own step decides (FACESCAN_MODEL)",
+    )
+    run.add_argument(
+        "--model-dir", type=Path, help="InsightFace ONNX models directory (FACESCAN_MODEL_DIR)"
+    )
+    run.add_argument(
+        "--upsample",
+        dest="hog_upsample",
+        type=int,
+        help="dlib upsamplings for hog/cnn (default 1; FACESCAN_HOG_UPSAMPLE)",
     )
     run.add_argument(
         "--no-prefetch",
         dest="prefetch",
         action="store_false",
         default=None,
-        help="do not decode the next image during detection",
+        help="do not decode the next image during detection (FACESCAN_PREFETCH=false)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log every image")
 
@@ -96,7 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
+def _release_freed_memory() -> None:
+    """glibc only: buffers of 128 KiB and more (decoded images, dlib's image pyramids)
+    are mmapped and returned to the kernel when freed, rather than kept in the heap once
+    glibc's adaptive threshold has grown; and at most two arenas for the three threads.
+    One image's working memory then stays one image's: the peak RSS a memory limit must
+    cover does not grow with fragmentation over a batch."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc: its defaults stand
+    m_mmap_threshold, m_arena_max = -3, -8
+    mallopt(m_mmap_threshold, 128 * 1024)
+    mallopt(m_arena_max, 2)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _release_freed_memory()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

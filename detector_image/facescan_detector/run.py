@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from facescan_detector.backends import FaceDetector, create_detector, scale_face
+from facescan_detector.backends import Face, FaceDetector, create_detector, scale_face
+from facescan_detector.backends.base import Pixels
 from facescan_detector.errors import (
     DetectionTimeout,
     DetectorError,
@@ -114,6 +115,11 @@ class _Worker:
 
     async def run(self) -> RunSummary:
         beat = asyncio.create_task(self._heartbeat())
+        if self.settings.model is not None:  # load it while the first image is read
+            preload = asyncio.get_running_loop().run_in_executor(
+                self.detect_pool, self._detector, self.settings.model
+            )
+            preload.add_done_callback(_consume_exception)  # else raised at its first use
         try:
             image = await self._db(self.queue.start_next, self.owner)
             while image is not None and not self.lease_lost:
@@ -199,10 +205,9 @@ class _Worker:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         loaded = await self._load(image)
-        detector = self._detector(image.model)
         try:
             faces = await asyncio.wait_for(
-                loop.run_in_executor(self.detect_pool, detector.detect, loaded.pixels),
+                loop.run_in_executor(self.detect_pool, self._detect, image.model, loaded.pixels),
                 timeout=self.settings.image_timeout_s,
             )
         except TimeoutError:
@@ -232,6 +237,10 @@ class _Worker:
             original_width=width,
             original_height=height,
         )
+
+    def _detect(self, model: str, pixels: Pixels) -> list[Face]:
+        """In the detect thread, as every use of the detectors (loading included)."""
+        return self._detector(model).detect(pixels)
 
     def _detector(self, model: str) -> FaceDetector:
         detector = self.detectors.get(model)

@@ -7,6 +7,7 @@ pod's / subprocess's environment; command-line flags override them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,10 @@ class DetectorSettings(BaseSettings):
 
     hog_upsample: int = Field(default=1, ge=0, le=3)
     """dlib upsamplings for HOG and CNN (1 finds faces down to ~40 px, as face_recognition)."""
+
+    model: Literal["hog", "cnn", "insightface"] | None = None
+    """The model of the lease's cascade step (FACESCAN_MODEL), loaded while the process
+    connects and reads its first image; a hint only: each image's own step decides."""
 
     model_dir: Path | None = None
     """InsightFace models (det_*.onnx + w600k_*.onnx), e.g. a mounted volume."""
