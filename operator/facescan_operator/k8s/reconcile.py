@@ -15,6 +15,7 @@ claim them and create their Jobs. (3) compute the status.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -313,8 +314,8 @@ async def reconcile(
                 f"{expired.owner} stopped heartbeating; {expired.released} images returned",
             )
         )
-    for name in settlement.delete_jobs:
-        await kube.delete_job(scan.namespace, name)
+    # the API calls of a tick go out together: each is a round trip to the API server
+    await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in settlement.delete_jobs))
     active = [j for j in jobs if not j.finished]
 
     # (2) schedule
@@ -330,7 +331,7 @@ async def reconcile(
     cap = max(1, spec.parallelism * spec.batch_size * 2)
     groups = await queue.runnable_groups(library, cap=cap)
     allowed = breaker.allowed(now.timestamp())
-    created: list[tuple[str, str]] = []
+    claimed_batches: list[tuple[str, BatchPlan, str, int]] = []
     for batch, pool in plan_batches(spec, groups, active, calibration, allowed):
         owner = job_name(scan.name, f"s{batch.step}c{batch.size_class}-{secrets.token_hex(3)}")
         claimed = await queue.claim(
@@ -341,26 +342,26 @@ async def reconcile(
             limit=batch.limit,
             lease_seconds=spec.lease_seconds,
         )
-        if not claimed:
-            continue
-        job = build_detector_job(
+        if claimed:
+            claimed_batches.append((owner, batch, pool, len(claimed)))
+    bodies = [
+        build_detector_job(
             scan,
             spec,
-            JobBatch(
-                owner,
-                batch.step,
-                batch.size_class,
-                batch.model,
-                batch.scale,
-                batch.memory_bytes,
-                len(claimed),
-            ),
+            JobBatch(owner, b.step, b.size_class, b.model, b.scale, b.memory_bytes, n),
         )
-        try:
-            await kube.create_job(scan.namespace, job)
-        except Exception:
+        for owner, b, _, n in claimed_batches
+    ]
+    results = await asyncio.gather(
+        *(kube.create_job(scan.namespace, body) for body in bodies), return_exceptions=True
+    )
+    created: list[tuple[str, str]] = []
+    refused: BaseException | None = None
+    for (owner, batch, pool, n), result in zip(claimed_batches, results, strict=True):
+        if isinstance(result, BaseException):
             await queue.release(owner)  # nothing started: hand the batch back untouched
-            raise
+            refused = refused or result
+            continue
         if allowed == 1:
             breaker.probe_started()
         created.append((owner, pool))
@@ -368,10 +369,12 @@ async def reconcile(
             (
                 "Normal",
                 "JobCreated",
-                f"{owner}: {len(claimed)} images, {batch.model}@{batch.scale:g}, "
+                f"{owner}: {n} images, {batch.model}@{batch.scale:g}, "
                 f"{batch.memory_bytes // MIB} MiB, pool {pool}",
             )
         )
+    if refused is not None:
+        raise refused
 
     # (3) status
     clock = await queue.attempt_clock(library)
