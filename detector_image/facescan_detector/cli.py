@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -116,24 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
-def _release_freed_memory() -> None:
-    """glibc only: buffers of 128 KiB and more (decoded images, dlib's image pyramids)
-    are mmapped and returned to the kernel when freed, rather than kept in the heap once
-    glibc's adaptive threshold has grown; and at most two arenas for the three threads.
-    One image's working memory then stays one image's: the peak RSS a memory limit must
-    cover does not grow with fragmentation over a batch."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return  # not glibc: its defaults stand
-    m_mmap_threshold, m_arena_max = -3, -8
-    mallopt(m_mmap_threshold, 128 * 1024)
-    mallopt(m_arena_max, 2)
-
-
 def _run(args: argparse.Namespace) -> int:
-    _release_freed_memory()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
