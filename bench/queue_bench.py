@@ -81,7 +81,7 @@ async def _worker(
     rng = random.Random(index)
     # as a detector connects: its calls one after another on one connection, with room
     # for a concurrent heartbeat
-    queue = await Queue.connect(DatabaseSettings(dsn=dsn), min_size=1, max_size=3)
+    queue = await Queue.connect(DatabaseSettings(dsn=dsn), min_size=1, max_size=3, pin=True)
     done, batch_no = 0, 0
     start = time.perf_counter()
     while done < quota:

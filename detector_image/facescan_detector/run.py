@@ -84,7 +84,7 @@ async def _connect(database: DatabaseSettings, patience_s: float) -> Queue:
     delay = 1.0
     while True:
         try:
-            return await Queue.connect(database, min_size=1, max_size=3)
+            return await Queue.connect(database, min_size=1, max_size=3, pin=True)
         except DatabaseUnavailable as exc:
             if time.monotonic() + delay > deadline:
                 raise

@@ -46,17 +46,21 @@ _REGISTER_CHUNK = 10_000
 class Queue:
     """The queue of one database, over a small connection pool."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: DatabaseSettings, *, pin: bool = False
+    ) -> None:
         self._pool = pool
         self._settings = settings
         self._target = settings.target()
         self._user = settings.user()
-        # One connection kept out of the pool for calls that come one after another (a
-        # detector's start/commit loop): acquiring and releasing a pooled connection
-        # costs more client CPU than the call itself. Concurrent calls use the pool.
+        # With ``pin``, one connection is kept out of the pool for calls that come one
+        # after another (a detector's start/commit loop): acquiring and releasing a
+        # pooled connection costs more client CPU than the call itself. Concurrent calls
+        # use the pool. (Not for the operator and the CLI, whose calls overlap and whose
+        # pool may be closed while a call is in flight.)
         self._pinned: PoolConnectionProxy[Any] | None = None
         self._pinned_busy = asyncio.Lock()
-        self._pin = pool.get_max_size() >= 2  # else a concurrent call could never run
+        self._pin = pin and pool.get_max_size() >= 2  # else a concurrent call never runs
 
     @classmethod
     async def connect(
@@ -66,9 +70,11 @@ class Queue:
         min_size: int = 1,
         max_size: int = 4,
         check_schema: bool = True,
+        pin: bool = False,
     ) -> Self:
         """Opens the pool; with check_schema, refuses a missing or mismatched schema and
-        names any missing privilege with the GRANT to run."""
+        names any missing privilege with the GRANT to run; with pin, calls made one after
+        another share one connection kept out of the pool (a detector's loop)."""
         settings = settings or DatabaseSettings()
         target, user = settings.target(), settings.user()
         with errors.translated(target=target, user=user):
@@ -80,7 +86,7 @@ class Queue:
                 command_timeout=settings.command_timeout_s,
                 reset=_keep_session,
             )
-        queue = cls(pool, settings)
+        queue = cls(pool, settings, pin=pin)
         if check_schema:
             try:
                 await queue.check_schema()

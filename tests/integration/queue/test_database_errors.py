@@ -242,15 +242,20 @@ async def _terminate_backends(admin_dsn: str, dsn: str) -> int:
         await admin.close()
 
 
+@pytest.mark.parametrize("pin", [False, True], ids=["pooled", "pinned"])
 @pytest.mark.parametrize("idle_s", [0.0, 0.2])
 async def test_idle_connections_the_server_dropped_are_replaced_transparently(
-    queue: Queue, dsn: str, admin_dsn: str, idle_s: float
+    queue: Queue, dsn: str, admin_dsn: str, idle_s: float, pin: bool
 ) -> None:
+    """Also for a detector's queue, whose calls share one connection kept out of the pool."""
     await queue.register(LIB, [NewImage("a.jpg")])
-    assert await _terminate_backends(admin_dsn, dsn) >= 1
-    await asyncio.sleep(idle_s)
+    async with await Queue.connect(DatabaseSettings(dsn=SecretStr(dsn)), pin=pin) as client:
+        assert (await client.status(LIB)).images == 1  # its connection is in use now
+        assert await _terminate_backends(admin_dsn, dsn) >= 1
+        await asyncio.sleep(idle_s)
 
-    assert (await queue.status(LIB)).images == 1
+        assert (await client.status(LIB)).images == 1
+        assert (await client.status(LIB)).images == 1
 
 
 async def test_a_call_whose_connection_dies_in_flight_is_unavailable_then_recovers(
