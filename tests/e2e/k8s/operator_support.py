@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,6 +124,23 @@ class Operator:
             )
         except BaseException as exc:
             self._error = exc
+        finally:
+            self._exit(loop)
+
+    @staticmethod
+    def _exit(loop: asyncio.AbstractEventLoop) -> None:
+        """What the end of an operator process frees: pools its cleanup did not close,
+        and the sockets of requests kopf had in flight when it was stopped (its API
+        session, a database connection), collected here, in this loop, as at process
+        exit, not later in whichever test the garbage collector happens to run in."""
+        try:
+            for queue in list(handlers._queues.values()):
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(queue.close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
         finally:
             loop.close()
 
