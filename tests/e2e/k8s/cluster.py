@@ -456,7 +456,7 @@ class Kubelet:
     # --- the test-facing API (call from the test's thread) ---
     def start(self) -> Kubelet:
         async def start() -> asyncio.Task[None]:
-            return asyncio.create_task(self._loop())
+            return asyncio.create_task(self._guard(self._loop()))  # its failure fails the test
 
         self._task = self.cluster.call(start())
         return self
@@ -643,11 +643,22 @@ class Kubelet:
             await self._status(run, phase, {"terminated": terminated})
             return code
         finally:
-            if run.proc is not None and run.proc.returncode is None:
-                self._signal(run)
-                await run.proc.wait()
-            await self._rmdir(run)
-            self.pods.pop((ns, name), None)
+            # A deleted Job cancels this task at any await, the clean-up's own included (the
+            # cgroup of a process that just exited is busy for a moment): it runs to the end.
+            reaping = asyncio.ensure_future(self._reap(run))
+            try:
+                await asyncio.shield(reaping)
+            except asyncio.CancelledError:
+                await reaping
+                raise
+
+    async def _reap(self, run: PodRun) -> None:
+        """Kill the pod's processes, wait for them, remove its cgroup, forget it."""
+        if run.proc is not None and run.proc.returncode is None:
+            self._signal(run)
+            await run.proc.wait()
+        await self._rmdir(run)
+        self.pods.pop((run.namespace, run.name), None)
 
     def _log(self, ns: str, name: str) -> Path:
         (self.cluster.workdir / "pods").mkdir(exist_ok=True)
