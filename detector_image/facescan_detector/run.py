@@ -30,7 +30,7 @@ from facescan_detector.errors import (
 )
 from facescan_detector.loading import LoadedImage, load_image
 from facescan_detector.settings import DetectorSettings
-from facescan_queue.errors import DatabaseUnavailable, LeaseLost
+from facescan_queue.errors import DatabaseUnavailable, IllegalTransition, LeaseLost
 from facescan_queue.models import DetectionResult, FaceResult, StartedImage
 from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings
@@ -84,7 +84,9 @@ async def _connect(database: DatabaseSettings, patience_s: float) -> Queue:
     delay = 1.0
     while True:
         try:
-            return await Queue.connect(database, min_size=1, max_size=3, pin=True)
+            return await Queue.connect(
+                database, min_size=1, max_size=3, pin=True, async_commit=True
+            )
         except DatabaseUnavailable as exc:
             if time.monotonic() + delay > deadline:
                 raise
@@ -133,6 +135,11 @@ class _Worker:
             message = str(exc)  # the queue's own message starts "lease lost: ..."
             lost = message.startswith("lease lost")
             self.summary.reason = message if lost else f"lease lost: {message}"
+        except IllegalTransition as exc:
+            # The database does not hold the lease as this run left it: it restarted and
+            # forgot its last asynchronous commits (Queue.connect(async_commit)). Stop; the
+            # lease expires and its images are detected again, none is done without faces.
+            self.summary.reason = f"lease lost (the database forgot this run's last steps): {exc}"
         finally:
             beat.cancel()
         if self.lease_lost and self.summary.reason == "lease finished":

@@ -71,10 +71,19 @@ class Queue:
         max_size: int = 4,
         check_schema: bool = True,
         pin: bool = False,
+        async_commit: bool = False,
     ) -> Self:
         """Opens the pool; with check_schema, refuses a missing or mismatched schema and
         names any missing privilege with the GRANT to run; with pin, calls made one after
-        another share one connection kept out of the pool (a detector's loop)."""
+        another share one connection kept out of the pool (a detector's loop).
+
+        With async_commit, the server acknowledges this pool's commits before their WAL
+        reaches disk (synchronous_commit = off). A commit stays atomic; a crash of the
+        database server may forget the last fraction of a second of them, as if they had
+        not happened: an image whose result is forgotten is leased again, never done
+        without its faces, and its expired lease sends it back to be detected again. For
+        the detector, whose transitions all have that property; not for the control plane.
+        """
         settings = settings or DatabaseSettings()
         target, user = settings.target(), settings.user()
         with errors.translated(target=target, user=user):
@@ -85,6 +94,7 @@ class Queue:
                 timeout=settings.connect_timeout_s,
                 command_timeout=settings.command_timeout_s,
                 reset=_keep_session,
+                server_settings={"synchronous_commit": "off"} if async_commit else None,
             )
         queue = cls(pool, settings, pin=pin)
         if check_schema:

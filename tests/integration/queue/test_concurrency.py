@@ -235,3 +235,23 @@ async def test_workers_processing_concurrently_keep_the_counts_true(
     status = await queue.status(LIB)
     assert (status.done, status.pending, status.leased) == (200 - 200 // 7, 200 // 7, 0)
     assert status.faces == status.done
+
+
+async def test_a_queue_with_asynchronous_commits_commits_whole_results_others_see(
+    settings: DatabaseSettings, queue: Queue, db: asyncpg.Connection
+) -> None:
+    """The detector's connection (pinned, synchronous_commit off): every result still lands
+    whole, with its faces, and is seen by the control plane's connections at once."""
+    await register(queue, 20)
+    async with await Queue.connect(settings, max_size=3, pin=True, async_commit=True) as fast:
+        await claim(fast, "job-a", limit=20)
+        image = await fast.start_next("job-a")
+        while image is not None:
+            image = await fast.complete_and_start_next(image.image_id, "job-a", result([face()]))
+        await fast.release("job-a")
+        async with fast._pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+    assert await db.fetchval("SHOW synchronous_commit") == "on"
+    status = await queue.status(LIB)
+    assert (status.done, status.faces, status.leased) == (20, 20, 0)
+    assert await db.fetchval("SELECT count(*) FROM facescan.faces") == 20
