@@ -176,7 +176,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> int:
 
     ctx = mp.get_context("spawn")
     quota = args.process // args.workers
-    rates: dict[str, list[tuple[float, int]]] = {}
+    runs: dict[str, list[tuple[float, int]]] = {}  # label: (wall s, images) per phase
     async_label = "queue transitions only (0 faces), as the detector commits"
     flushed_label = "queue transitions only (0 faces), every commit flushed to disk"
     faces_label = "with 0-2 faces + embeddings (HNSW), as the detector commits"
@@ -200,10 +200,10 @@ async def main_async(args: argparse.Namespace, dsn: str) -> int:
                 ],
             )
         wall = max(r[1] for r in results) - min(r[0] for r in results)
-        rates.setdefault(label, []).append((wall, sum(r[2] for r in results)))
+        runs.setdefault(label, []).append((wall, sum(r[2] for r in results)))
     rate = {}
-    for label, runs in rates.items():
-        wall, processed = sum(w for w, _ in runs), sum(n for _, n in runs)
+    for label, parts in runs.items():
+        wall, processed = sum(w for w, _ in parts), sum(n for _, n in parts)
         rate[label] = processed / wall
         print(
             f"claim+start+complete, {label}: {processed:,} images by {args.workers} worker "

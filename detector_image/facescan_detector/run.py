@@ -136,10 +136,10 @@ class _Worker:
             lost = message.startswith("lease lost")
             self.summary.reason = message if lost else f"lease lost: {message}"
         except IllegalTransition as exc:
-            # The database does not hold the lease as this run left it: it restarted and
-            # forgot its last asynchronous commits (Queue.connect(async_commit)). Stop; the
-            # lease expires and its images are detected again, none is done without faces.
-            self.summary.reason = f"lease lost (the database forgot this run's last steps): {exc}"
+            # The database does not hold the lease as this run left it (as after a restart
+            # that forgot its last asynchronous commits, Queue.connect(async_commit)). Stop;
+            # the lease expires and its images are detected again, none done without faces.
+            self.summary.reason = f"lease lost: the database does not hold it as left: {exc}"
         finally:
             beat.cancel()
         if self.lease_lost and self.summary.reason == "lease finished":

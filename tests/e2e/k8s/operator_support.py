@@ -212,6 +212,12 @@ async def apply(cluster: Cluster, workdir: Path, *objects: Obj) -> None:
     await cluster.akubectl("apply", "-f", str(path), "--validate=false")
 
 
+async def delete_facescan(cluster: Cluster, name: str) -> None:
+    """`kubectl delete facescan NAME` (the real kubectl), which waits for the operator to
+    remove its finalizer: up to 90 s, as a loaded CI machine once took over 30."""
+    await cluster.akubectl("delete", "facescan", name, "--timeout=90s", timeout=120)
+
+
 # --- the library ---
 
 

@@ -35,6 +35,7 @@ from .operator_support import (
     apply,
     attempts,
     created_jobs,
+    delete_facescan,
     duplicated_faces,
     events,
     facescan,
@@ -420,7 +421,7 @@ async def test_a_bad_spec_is_refused_with_a_clear_message(
         await poll(lambda: phase(cluster, "photos") in ("Running", "Completed"), 20, "running")
         await poll(lambda: created_jobs(cluster), 20, "a Job once the spec is fixed")
     # deleted, fixed or not, it goes: its finalizer is removed
-    await cluster.akubectl("delete", "facescan", "photos", "--timeout=90s", timeout=120)
+    await delete_facescan(cluster, "photos")
     assert cluster.get("facescan.io/v1alpha1/facescans", NS, "photos") is None
     for event in events(cluster):
         print(event["type"], event["reason"], event["message"])
@@ -449,7 +450,7 @@ async def test_deleting_the_facescan_deletes_its_jobs_and_keeps_the_results(
         return 1 <= done < 6 and bool(running)
 
     await poll(midway, 60, "some images done and a Job running")
-    await cluster.akubectl("delete", "facescan", "photos", "--timeout=90s", timeout=120)
+    await delete_facescan(cluster, "photos")
     made = len(created_jobs(cluster))
 
     assert cluster.get("facescan.io/v1alpha1/facescans", NS, "photos") is None
@@ -544,7 +545,7 @@ async def test_deleting_the_facescan_after_its_secret_still_deletes_its_jobs(
     await apply(cluster, tmp_path, facescan("photos", photos, parallelism=1, batchSize=6))
     await poll(lambda: [j for j in jobs(cluster, "photos") if not finished(j)], 30, "a Job")
     await cluster.akubectl("delete", "secret", "facescan-db")
-    await cluster.akubectl("delete", "facescan", "photos", "--timeout=90s", timeout=120)
+    await delete_facescan(cluster, "photos")
 
     assert cluster.get("facescan.io/v1alpha1/facescans", NS, "photos") is None
     assert jobs(cluster, "photos") == []
