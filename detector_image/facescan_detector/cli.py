@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from facescan_detector.backends import MODELS
+from facescan_detector.memory import tune_malloc
 from facescan_detector.run import EXIT_STARTUP, EXIT_UNAVAILABLE
 from facescan_detector.settings import DetectorSettings
 from facescan_queue.errors import DatabaseUnavailable, QueueError
@@ -83,11 +84,18 @@ def _parser() -> argparse.ArgumentParser:
         help="dlib upsamplings for hog/cnn (default 1; FACESCAN_HOG_UPSAMPLE)",
     )
     run.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for hog; 2 or more runs dlib's detector on two threads with "
+        "the same result (default 0: the CPUs this process may use; FACESCAN_THREADS)",
+    )
+    run.add_argument(
         "--no-prefetch",
         dest="prefetch",
         action="store_false",
         default=None,
-        help="do not decode the next image during detection (FACESCAN_PREFETCH=false)",
+        help="do not decode the next image during detection (FACESCAN_PREFETCH=false; "
+        "default: decode ahead when a CPU is free for it)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log every image")
 
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    tune_malloc()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from facescan_detector.backends import Face, FaceDetector, create_detector, scale_face
 from facescan_detector.backends.base import Pixels
+from facescan_detector.backends.hardware import usable_cpus
+from facescan_detector.backends.hog_split import HOG_THREADS
 from facescan_detector.errors import (
     DetectionTimeout,
     DetectorError,
@@ -102,6 +104,8 @@ class _Worker:
         self.owner = settings.lease_owner
         self.summary = RunSummary()
         self.detectors: dict[str, FaceDetector] = {}
+        self.cpus = usable_cpus()
+        self.threads = settings.threads or self.cpus
         self.detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detect")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.prefetched: tuple[str, float, asyncio.Future[LoadedImage]] | None = None
@@ -255,7 +259,10 @@ class _Worker:
             # model_dir holds the InsightFace models; dlib keeps its own files
             model_dir = self.settings.model_dir if model == "insightface" else None
             detector = create_detector(
-                model, upsample=self.settings.hog_upsample, model_dir=model_dir
+                model,
+                upsample=self.settings.hog_upsample,
+                threads=self.threads,
+                model_dir=model_dir,
             )
             detector.load()
             self.detectors[model] = detector
@@ -270,6 +277,14 @@ class _Worker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.load_pool, self._read, image.path, image.scale)
 
+    def _prefetches(self, model: str) -> bool:
+        """Whether to decode ahead while ``model`` detects: as set, or when a CPU is
+        free for it (HOG takes two threads when it may, the other models one)."""
+        if self.settings.prefetch is not None:
+            return self.settings.prefetch
+        busy = min(self.threads, HOG_THREADS) if model == "hog" else 1
+        return self.cpus > busy
+
     def _read(self, path: str, scale: float) -> LoadedImage:
         return load_image(
             self.settings.library_root,
@@ -279,7 +294,7 @@ class _Worker:
         )
 
     def _prefetch_next(self, image: StartedImage) -> None:
-        if not self.settings.prefetch:
+        if not self._prefetches(image.model):
             return
 
         async def start() -> None:

@@ -37,6 +37,11 @@ class DetectorSettings(BaseSettings):
     hog_upsample: int = Field(default=1, ge=0, le=3)
     """dlib upsamplings for HOG and CNN (1 finds faces down to ~40 px, as face_recognition)."""
 
+    threads: int = Field(default=0, ge=0)
+    """CPU threads for HOG detection (FACESCAN_THREADS); 0: the CPUs this process may
+    use (its affinity, capped by a container CPU limit). From 2 on, dlib's detector runs
+    on two threads with exactly its one-thread result."""
+
     model: Literal["hog", "cnn", "insightface"] | None = None
     """The model of the lease's cascade step (FACESCAN_MODEL), loaded while the process
     connects and reads its first image; a hint only: each image's own step decides."""
@@ -52,5 +57,8 @@ class DetectorSettings(BaseSettings):
     """Consecutive images failing as unavailable (dead mount) before the process stops
     and hands its remaining images back."""
 
-    prefetch: bool = True
-    """Decode the next image of the lease while the current one is being detected."""
+    prefetch: bool | None = None
+    """Decode the next image of the lease while the current one is being detected
+    (FACESCAN_PREFETCH). Default: when a CPU is free for it, i.e. not while HOG runs on
+    every CPU this process may use (there it gains nothing and costs ~20 MB of peak
+    memory)."""

@@ -35,20 +35,22 @@ def create_detector(
     model: str,
     *,
     upsample: int = 1,
+    threads: int = 1,
     model_dir: Path | None = None,
     providers: Sequence[str] | None = None,
 ) -> FaceDetector:
     """A detector for ``model``, not yet loaded (``load()`` or the first ``detect()`` does).
 
     ``upsample`` is dlib's number of upsamplings (HOG and CNN; SCRFD has a fixed input
-    size). ``model_dir`` holds the dlib ``.dat`` files (default: face_recognition_models)
+    size). ``threads`` is how many CPU threads HOG may use (two at most are used).
+    ``model_dir`` holds the dlib ``.dat`` files (default: face_recognition_models)
     or the InsightFace ONNX pair (default: ``DEFAULT_INSIGHTFACE_DIR``). ``providers``
     overrides the onnxruntime execution providers (default: best available).
     """
     if model in ("hog", "cnn"):
         from facescan_detector.backends.dlib_backend import DlibDetector
 
-        return DlibDetector(model, upsample=upsample, model_dir=model_dir)
+        return DlibDetector(model, upsample=upsample, threads=threads, model_dir=model_dir)
     if model == "insightface":
         from facescan_detector.backends.insightface_backend import InsightFaceDetector
 

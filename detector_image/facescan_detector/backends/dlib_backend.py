@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from facescan_detector.backends.base import Face, FaceDetector, Pixels, freeze
+from facescan_detector.backends.hog_split import SplitHog, SplitUnavailable
 from facescan_detector.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ class DlibDetector(FaceDetector):
     """HOG (``get_frontal_face_detector``) or CNN (MMOD) detection + dlib encodings.
 
     ``upsample`` is dlib's ``number_of_times_to_upsample`` (face_recognition's default
-    is 1). ``num_jitters`` is passed to ``compute_face_descriptor``.
+    is 1). ``num_jitters`` is passed to ``compute_face_descriptor``. With ``threads`` of
+    2 or more, HOG runs on two threads (:mod:`facescan_detector.backends.hog_split`,
+    same result as dlib's one-thread call).
     """
 
     embedding_dim = 128
@@ -59,6 +62,7 @@ class DlibDetector(FaceDetector):
         *,
         upsample: int = 1,
         num_jitters: int = 1,
+        threads: int = 1,
         model_dir: Path | None = None,
     ) -> None:
         super().__init__()
@@ -69,7 +73,9 @@ class DlibDetector(FaceDetector):
         self.model_name = model
         self.upsample = upsample
         self.num_jitters = num_jitters
+        self.threads = threads
         self.model_dir = model_dir
+        self._split: SplitHog | None = None
         self._detector: Any = None
         self._predictor: Any = None
         self._encoder: Any = None
@@ -97,20 +103,28 @@ class DlibDetector(FaceDetector):
             detector = dlib.cnn_face_detection_model_v1(self._model_path(MODEL_FILES.cnn))
         else:
             detector = dlib.get_frontal_face_detector()
+            if self.threads >= 2:
+                try:
+                    self._split = SplitHog.load()
+                except SplitUnavailable as exc:
+                    log.warning("HOG stays on one thread: %s", exc)
         predictor = dlib.shape_predictor(self._model_path(MODEL_FILES.landmarks))
         encoder = dlib.face_recognition_model_v1(self._model_path(MODEL_FILES.encoder))
         self._detector, self._predictor, self._encoder = detector, predictor, encoder
         log.info(
-            "dlib %s detector loaded (upsample=%d, cuda=%s)",
+            "dlib %s detector loaded (upsample=%d, cuda=%s, threads=%d)",
             self.model_name,
             self.upsample,
             self.on_gpu,
+            2 if self._split else 1,
         )
 
     def _raw_detections(self, pixels: Pixels) -> list[tuple[Any, float]]:
         if self.model_name == "cnn":
             found = self._detector(pixels, self.upsample)
             return [(item.rect, float(item.confidence)) for item in found]
+        if self._split is not None:
+            return self._split.run(pixels, self.upsample)
         # run() is what __call__ does (threshold 0), plus each detection's score.
         rects, scores, _ = self._detector.run(pixels, self.upsample, 0.0)
         return [(rect, float(score)) for rect, score in zip(rects, scores, strict=True)]
@@ -140,4 +154,7 @@ class DlibDetector(FaceDetector):
         return faces
 
     def _close(self) -> None:
+        if self._split is not None:
+            self._split.close()
+            self._split = None
         self._detector = self._predictor = self._encoder = None

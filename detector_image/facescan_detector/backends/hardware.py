@@ -1,7 +1,8 @@
-"""What the detector can run on: onnxruntime execution providers and dlib's CUDA build.
+"""What the detector can run on: CPUs, onnxruntime execution providers, dlib's CUDA build.
 
 The InsightFace backend calls :func:`select_providers` when it opens its sessions;
-``calibrate`` and the detector's start-up log call :func:`describe_hardware`. The
+``calibrate`` and the detector's start-up log call :func:`describe_hardware`; the
+detector sizes its HOG threads with :func:`usable_cpus`. The
 libraries are imported inside the functions, so a HOG detector never pays for
 onnxruntime.
 """
@@ -9,10 +10,12 @@ onnxruntime.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from facescan_detector.errors import StartupError
@@ -34,6 +37,7 @@ class HardwareInfo:
 
     machine: str
     cpu_count: int
+    usable_cpus: int
     memory_mb: int | None
     onnxruntime_version: str | None
     onnxruntime_providers: list[str] = field(default_factory=list)
@@ -84,6 +88,38 @@ def is_gpu_provider(name: str) -> bool:
     return name != CPU_PROVIDER and name != "AzureExecutionProvider"
 
 
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs of the cgroup CPU limit (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), if any."""
+    try:
+        fields = (cgroup / "cpu.max").read_text().split()
+    except OSError:
+        try:
+            quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            return None
+        return quota / period if quota > 0 and period > 0 else None
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        return int(fields[0]) / int(fields[1])
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may keep busy: its CPU affinity, capped by a container's
+    CPU limit (a limit of 1.5 CPUs counts as 2: the half is worth a thread)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
 def _memory_mb() -> int | None:
     try:
         pages = os.sysconf("SC_PHYS_PAGES")
@@ -118,6 +154,7 @@ def describe_hardware() -> HardwareInfo:
     return HardwareInfo(
         machine=platform.machine(),
         cpu_count=os.cpu_count() or 1,
+        usable_cpus=usable_cpus(),
         memory_mb=_memory_mb(),
         onnxruntime_version=ort_version,
         onnxruntime_providers=offered,

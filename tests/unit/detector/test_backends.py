@@ -166,15 +166,18 @@ def test_cnn_out_of_memory_is_reported_as_host_oom() -> None:
 
 
 @pytest.mark.slow
-def test_hog_process_stays_small_and_never_loads_onnxruntime_or_the_cnn() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hog_process_stays_small_and_never_loads_onnxruntime_or_the_cnn(threads: int) -> None:
     output = run_python(
         f"""
         import json, sys
         import numpy as np
         from PIL import Image
         from facescan_detector.backends import create_detector
+        from facescan_detector.memory import tune_malloc
+        tune_malloc()  # as facescan-detector run does first
         pixels = np.asarray(Image.open({str(SAMPLES / "group_t1.jpg")!r}).convert("RGB"))
-        faces = create_detector("hog").detect(pixels)
+        faces = create_detector("hog", threads={threads}).detect(pixels)
         with open("/proc/self/status") as status:  # ru_maxrss would count pytest's too
             peak = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
         print(json.dumps({{
