@@ -162,6 +162,10 @@ class LocalRunner:
                     breaker.probe_started()
         return runnable_anywhere or bool(self.workers)
 
+    def _threads(self) -> int:
+        """Each worker's share of this process's CPUs (HOG takes two when it may)."""
+        return max(1, len(os.sched_getaffinity(0)) // self.options.workers)
+
     def _count(self, library: str) -> int:
         return sum(1 for w in self.workers.values() if w.library == library)
 
@@ -201,6 +205,8 @@ class LocalRunner:
             str(self.options.lease_seconds),
             "--model",
             batch.model,
+            "--threads",
+            str(self._threads()),
         ]
         if self.options.model_dir is not None:
             command += ["--model-dir", str(self.options.model_dir)]

@@ -94,6 +94,7 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         {"name": "FACESCAN_IMAGE_TIMEOUT_S", "value": str(spec.image_timeout_seconds)},
         {"name": "FACESCAN_LEASE_SECONDS", "value": str(spec.lease_seconds)},
         {"name": "FACESCAN_MODEL", "value": batch.model},  # loaded while connecting
+        {"name": "FACESCAN_THREADS", "value": str(spec.detector.threads)},
         {
             "name": "FACESCAN_DSN",
             "valueFrom": {

@@ -7,6 +7,7 @@ cannot check (a cascade that ends with a model no pool serves) is checked here.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -28,6 +29,10 @@ class Database(_Spec):
     key: str = "dsn"
 
 
+CPU_PATTERN = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
+"""A Kubernetes CPU quantity: cores ("2", "1.5") or millicores ("500m")."""
+
+
 class Library(_Spec):
     name: str | None = None
     volume: dict[str, Any]
@@ -40,7 +45,13 @@ class Detector(_Spec):
     image_pull_policy: str = Field(default="IfNotPresent", alias="imagePullPolicy")
     model_volume: dict[str, Any] | None = Field(default=None, alias="modelVolume")
     model_mount_path: str = Field(default="/models", alias="modelMountPath")
-    cpu: str = "1"
+    cpu: str = Field(default="1", pattern=CPU_PATTERN)
+
+    @property
+    def threads(self) -> int:
+        """The detector's CPU threads (FACESCAN_THREADS): its CPU request, rounded up."""
+        cpus = float(self.cpu[:-1]) / 1000 if self.cpu.endswith("m") else float(self.cpu)
+        return max(1, math.ceil(cpus))
 
 
 class Step(_Spec):

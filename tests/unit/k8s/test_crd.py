@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from facescan_operator.k8s.spec import GROUP, KIND, PLURAL, VERSION, FaceScanSpec
+from facescan_operator.k8s.spec import CPU_PATTERN, GROUP, KIND, PLURAL, VERSION, FaceScanSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((ROOT / "crds" / "facescan.yaml").read_text())
@@ -60,6 +60,8 @@ def test_the_example_is_accepted_by_the_schema_and_the_operator() -> None:
         (("spec", "cascade"), [{"model": "cnn", "scale": 0}], "exclusiveMinimum"),
         (("spec", "library", "mountPath"), "relative/path", "does not match"),
         (("spec", "database"), {}, "'secretName' is a required property"),
+        (("spec", "detector", "cpu"), "two", "does not match"),
+        (("spec", "detector", "cpu"), "-1", "does not match"),
     ],
 )
 def test_bad_specs_are_refused_by_the_schema(
@@ -93,6 +95,8 @@ def test_crd_defaults_are_the_operators_defaults() -> None:
     assert retry["backoffBaseSeconds"]["default"] == parsed.retry_policy.backoff_base_seconds
     assert retry["backoffCapSeconds"]["default"] == parsed.retry_policy.backoff_cap_seconds
     assert spec_schema["database"]["properties"]["key"]["default"] == parsed.database.key
+    cpu = spec_schema["detector"]["properties"]["cpu"]
+    assert (cpu["default"], cpu["pattern"]) == (parsed.detector.cpu, CPU_PATTERN)
 
 
 def test_a_cascade_step_no_pool_serves_is_refused_by_the_operator() -> None:

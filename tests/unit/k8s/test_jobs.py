@@ -80,6 +80,17 @@ def test_memory_request_and_limit_come_from_right_sizing() -> None:
     assert container["resources"]["requests"]["memory"] == "1536Mi"
 
 
+@pytest.mark.parametrize(("cpu", "threads"), [("1", "1"), ("500m", "1"), ("1.5", "2"), ("2", "2")])
+def test_the_detector_uses_as_many_threads_as_cpus_it_requests(cpu: str, threads: str) -> None:
+    body = spec().model_dump(by_alias=True)
+    body["detector"]["cpu"] = cpu
+    container = build_detector_job(SCAN, FaceScanSpec.model_validate(body), batch("hog"))["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == cpu
+    assert {e["name"]: e.get("value") for e in container["env"]}["FACESCAN_THREADS"] == threads
+
+
 def test_cnn_goes_to_the_gpu_pool_and_hog_to_the_cpu_pool() -> None:
     gpu = build_detector_job(SCAN, spec(**GPU_POOLS), batch("cnn"))
     pod = gpu["spec"]["template"]["spec"]
