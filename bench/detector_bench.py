@@ -20,7 +20,10 @@ alike; the ratio is over all the photos.
 The baseline needs face_recognition 1.3.0 (bench/requirements.txt; install it with
 ``pip install --no-deps face_recognition==1.3.0``).
 
-Usage: python bench/detector_bench.py [--images 200] [--chunks 4] [--quick] [--workdir DIR]
+Usage: python bench/detector_bench.py [--images 200] [--chunks 4] [--quick] [--threads N]
+       [--workdir DIR]
+With ``--threads 1`` ours runs HOG on one thread like the baseline; by default it uses
+the CPUs it may (two threads at most for HOG).
 Photos are generated once, deterministically, under WORKDIR (default bench/out/detector).
 """
 
@@ -324,7 +327,9 @@ async def _results(dsn: str, library: str, measured: Measured) -> None:
         measured.detect_ms = first["detect_ms"]
 
 
-def _run_ours(dsn: str, photo_dir: Path, photos: list[Photo], run: int, logs: Path) -> Measured:
+def _run_ours(
+    dsn: str, photo_dir: Path, photos: list[Photo], run: int, logs: Path, threads: int
+) -> Measured:
     import asyncio
 
     library, owner = f"bench-run{run}", f"bench-detector-run{run}"
@@ -345,6 +350,8 @@ def _run_ours(dsn: str, photo_dir: Path, photos: list[Photo], run: int, logs: Pa
         "120",
         "--model",
         "hog",
+        "--threads",
+        str(threads),
     ]
     env = {**os.environ, "FACESCAN_DSN": dsn, "MALLOC_ARENA_MAX": "2"}
     measured = _measure(command, env, logs / f"ours-run{run}.log")
@@ -465,7 +472,7 @@ def _bench(args: argparse.Namespace, dsn: str, photos: list[Photo], photo_dir: P
         for label in order:
             before = _load()
             if label == "ours":
-                m = _run_ours(dsn, photo_dir, chunk, run, logs)
+                m = _run_ours(dsn, photo_dir, chunk, run, logs, args.threads)
                 ours.append(m)
             else:
                 m = _run_baseline(photo_dir, chunk, run, logs)
@@ -544,6 +551,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=4, help="ABBA-ordered runs per side")
     parser.add_argument("--quick", action="store_true", help="20 images, a smoke check")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="facescan-detector run --threads (default 0: the CPUs it may use; the "
+        "baseline loop uses one)",
+    )
     parser.add_argument("--workdir", type=Path, default=BENCH / "out" / "detector")
     args = parser.parse_args()
     if args.quick:
@@ -566,6 +580,10 @@ def main() -> int:
         f"orientation 6), stored as {', '.join(sizes)}, mean {mean_mb:.1f} MB, in {photo_dir}"
     )
     print(f"machine: {os.cpu_count()} CPUs, load average {_load()}")
+    print(
+        f"ours: facescan-detector run --threads {args.threads}"
+        f"{' (the CPUs it may use)' if args.threads == 0 else ''}; baseline: one thread"
+    )
     from facescan_operator.embedded_db import EmbeddedDatabase
 
     with tempfile.TemporaryDirectory(prefix="facescan-detector-bench-") as tmp:
