@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="do not decode the next image during detection (FACESCAN_PREFETCH=false; "
-        "default: decode ahead when a CPU is free for it)",
+        "default: once the detector makes room for it)",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="log every image")
 

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 from facescan_detector.backends import Face, FaceDetector, create_detector, scale_face
 from facescan_detector.backends.base import Pixels
 from facescan_detector.backends.hardware import usable_cpus
-from facescan_detector.backends.hog_split import HOG_THREADS
 from facescan_detector.errors import (
     DetectionTimeout,
     DetectorError,
@@ -104,8 +103,7 @@ class _Worker:
         self.owner = settings.lease_owner
         self.summary = RunSummary()
         self.detectors: dict[str, FaceDetector] = {}
-        self.cpus = usable_cpus()
-        self.threads = settings.threads or self.cpus
+        self.threads = settings.threads or usable_cpus()
         self.detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detect")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.prefetched: tuple[str, float, asyncio.Future[LoadedImage]] | None = None
@@ -159,9 +157,9 @@ class _Worker:
 
     async def _one(self, image: StartedImage) -> StartedImage | None:
         """Processes one started image; returns the next started one."""
-        self._prefetch_next(image)
+        room = self._prefetch_next(image)
         try:
-            result = await self._process(image)
+            result = await self._process(image, room)
         except DetectorOOM as exc:
             if exc.gpu:
                 step = await self._db(self.queue.step_down, image.image_id, self.owner, str(exc))
@@ -212,13 +210,19 @@ class _Worker:
         )
         return following
 
-    async def _process(self, image: StartedImage) -> DetectionResult:
+    async def _process(self, image: StartedImage, room: asyncio.Event) -> DetectionResult:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         loaded = await self._load(image)
+
+        def signal() -> None:  # in a thread of the detector
+            loop.call_soon_threadsafe(room.set)
+
         try:
             faces = await asyncio.wait_for(
-                loop.run_in_executor(self.detect_pool, self._detect, image.model, loaded.pixels),
+                loop.run_in_executor(
+                    self.detect_pool, self._detect, image.model, loaded.pixels, signal
+                ),
                 timeout=self.settings.image_timeout_s,
             )
         except TimeoutError:
@@ -226,6 +230,8 @@ class _Worker:
                 f"{image.path}: detection with {image.model}@{image.scale:g} took longer "
                 f"than {self.settings.image_timeout_s:g} s"
             ) from None
+        finally:
+            room.set()  # a failed detection lets the next image's prefetch go on
         width, height = loaded.original_width, loaded.original_height
         results = []
         for face in faces:
@@ -249,9 +255,9 @@ class _Worker:
             original_height=height,
         )
 
-    def _detect(self, model: str, pixels: Pixels) -> list[Face]:
+    def _detect(self, model: str, pixels: Pixels, room: Callable[[], None]) -> list[Face]:
         """In the detect thread, as every use of the detectors (loading included)."""
-        return self._detector(model).detect(pixels)
+        return self._detector(model).detect(pixels, room)
 
     def _detector(self, model: str) -> FaceDetector:
         detector = self.detectors.get(model)
@@ -277,14 +283,6 @@ class _Worker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.load_pool, self._read, image.path, image.scale)
 
-    def _prefetches(self, model: str) -> bool:
-        """Whether to decode ahead while ``model`` detects: as set, or when a CPU is
-        free for it (HOG takes two threads when it may, the other models one)."""
-        if self.settings.prefetch is not None:
-            return self.settings.prefetch
-        busy = min(self.threads, HOG_THREADS) if model == "hog" else 1
-        return self.cpus > busy
-
     def _read(self, path: str, scale: float) -> LoadedImage:
         return load_image(
             self.settings.library_root,
@@ -293,14 +291,22 @@ class _Worker:
             scale=scale,
         )
 
-    def _prefetch_next(self, image: StartedImage) -> None:
-        if not self._prefetches(image.model):
-            return
+    def _prefetch_next(self, image: StartedImage) -> asyncio.Event:
+        """Starts decoding the next image of the lease while ``image`` is detected, once
+        the returned event is set: when the detector makes room for it (see
+        FaceDetector.detect), at once with prefetch on, never with it off. The
+        detection ending, failed or not, sets it too."""
+        room = asyncio.Event()
+        if self.settings.prefetch is False:
+            return room
+        if self.settings.prefetch:
+            room.set()
 
         async def start() -> None:
             path = await self.queue.peek_next(self.owner)
             if path is None:
                 return
+            await room.wait()
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(self.load_pool, self._read, path, image.scale)
             future.add_done_callback(_consume_exception)
@@ -309,6 +315,7 @@ class _Worker:
         # a failed peek only costs the prefetch
         task = asyncio.ensure_future(start())
         task.add_done_callback(_consume_exception)
+        return room
 
     async def _fail(
         self,

@@ -58,7 +58,7 @@ class DetectorSettings(BaseSettings):
     and hands its remaining images back."""
 
     prefetch: bool | None = None
-    """Decode the next image of the lease while the current one is being detected
-    (FACESCAN_PREFETCH). Default: when a CPU is free for it, i.e. not while HOG runs on
-    every CPU this process may use (there it gains nothing and costs ~20 MB of peak
-    memory)."""
+    """Decode the next image of the lease while the current one is detected: from the
+    start of detection (true), never (false; FACESCAN_PREFETCH). Default: when the
+    detector makes room for it, which one-thread models do at once and two-thread HOG
+    once the largest pyramid level is scanned (~20 MB lower peak, as fast)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -98,8 +99,14 @@ class FaceDetector(ABC):
         self._loaded = True
         log.debug("loaded %s detector", self.model_name)
 
-    def detect(self, pixels: Pixels) -> list[Face]:
+    def detect(self, pixels: Pixels, room_for_next: Callable[[], None] | None = None) -> list[Face]:
         """Find the faces in ``pixels`` (H x W x 3 uint8 RGB); loads the models if needed.
+
+        ``room_for_next`` is called, once, from this thread or one of the backend's,
+        when decoding the next image beside this detection would no longer take a CPU
+        or memory the detection needs: at once where the backend leaves a CPU free, or
+        once its peak has passed (two-thread HOG: when the largest pyramid level is
+        scanned and freed).
 
         Raises DetectorOOM (``gpu`` says where) when memory runs out, DetectorError for
         any other failure of the backend; the library's exception is chained.
@@ -110,7 +117,7 @@ class FaceDetector(ABC):
             )
         self.load()
         try:
-            return self._detect(np.ascontiguousarray(pixels))
+            return self._detect(np.ascontiguousarray(pixels), room_for_next or _nothing)
         except DetectorError:
             raise
         except Exception as exc:
@@ -126,10 +133,15 @@ class FaceDetector(ABC):
     def _load(self) -> None: ...
 
     @abstractmethod
-    def _detect(self, pixels: Pixels) -> list[Face]: ...
+    def _detect(self, pixels: Pixels, room_for_next: Callable[[], None]) -> list[Face]:
+        """The faces; calls ``room_for_next()`` as :meth:`detect` says."""
 
     @abstractmethod
     def _close(self) -> None: ...
+
+
+def _nothing() -> None:
+    pass
 
 
 def translate_error(exc: BaseException, *, model: str, on_gpu: bool) -> DetectorError:

@@ -11,12 +11,13 @@ face_recognition, which would load all four models. Model files come from
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from facescan_detector.backends.base import Face, FaceDetector, Pixels, freeze
-from facescan_detector.backends.hog_split import SplitHog, SplitUnavailable
+from facescan_detector.backends.hog_split import SplitHog, SplitUnavailable, load_frontal
 from facescan_detector.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,15 @@ class DlibDetector(FaceDetector):
         if self.model_name == "cnn":
             detector = dlib.cnn_face_detection_model_v1(self._model_path(MODEL_FILES.cnn))
         else:
-            detector = dlib.get_frontal_face_detector()
+            detector = None
             if self.threads >= 2:
                 try:
                     self._split = SplitHog.load()
+                    detector = self._split.whole
                 except SplitUnavailable as exc:
                     log.warning("HOG stays on one thread: %s", exc)
+            if detector is None:
+                detector, _ = load_frontal(dlib)
         predictor = dlib.shape_predictor(self._model_path(MODEL_FILES.landmarks))
         encoder = dlib.face_recognition_model_v1(self._model_path(MODEL_FILES.encoder))
         self._detector, self._predictor, self._encoder = detector, predictor, encoder
@@ -119,22 +123,25 @@ class DlibDetector(FaceDetector):
             2 if self._split else 1,
         )
 
-    def _raw_detections(self, pixels: Pixels) -> list[tuple[Any, float]]:
+    def _raw_detections(
+        self, pixels: Pixels, room_for_next: Callable[[], None]
+    ) -> list[tuple[Any, float]]:
+        if self._split is not None:
+            return self._split.run(pixels, self.upsample, room_for_next)
+        room_for_next()  # one thread: a decode beside it takes another CPU
         if self.model_name == "cnn":
             found = self._detector(pixels, self.upsample)
             return [(item.rect, float(item.confidence)) for item in found]
-        if self._split is not None:
-            return self._split.run(pixels, self.upsample)
         # run() is what __call__ does (threshold 0), plus each detection's score.
         rects, scores, _ = self._detector.run(pixels, self.upsample, 0.0)
         return [(rect, float(score)) for rect, score in zip(rects, scores, strict=True)]
 
-    def _detect(self, pixels: Pixels) -> list[Face]:
+    def _detect(self, pixels: Pixels, room_for_next: Callable[[], None]) -> list[Face]:
         import dlib
 
         height, width = pixels.shape[:2]
         faces = []
-        for rect, score in self._raw_detections(pixels):
+        for rect, score in self._raw_detections(pixels, room_for_next):
             # face_recognition's _trim_css_to_bounds, then back to a rect for the encoder.
             top, right = max(rect.top(), 0), min(rect.right(), width)
             bottom, left = min(rect.bottom(), height), max(rect.left(), 0)

@@ -2,41 +2,45 @@
 
 Used by :class:`facescan_detector.backends.dlib_backend.DlibDetector` for ``hog`` when
 the process may use two or more CPUs. dlib's frontal face detector scans an image
-pyramid (each level 5/6 of the one above) with five HOG filters, then keeps the best
-of overlapping detections (greedy non-maximum suppression). One call runs on one core;
-it releases the GIL. Here the pyramid is cut in two halves of about equal work: the
-two largest levels in one thread, every smaller level (dlib's own pyramid of the
-third level) in the other, each by a copy of dlib's detector whose suppression is
-switched off, read from and written back in dlib's serialization format. The raw
-detections of both halves are mapped to the coordinates dlib would give them and
-suppressed here exactly as dlib does (highest score first; a detection is dropped
-when it overlaps a kept one by dlib's ``test_box_overlap``: intersection over the
-bounding box of both above ``iou``, or covering more than ``covered`` of either).
+pyramid (each level 5/6 of the one above) with five HOG filters, then keeps the best of
+overlapping detections (greedy non-maximum suppression). One call runs on one core; it
+releases the GIL. Here the pyramid is cut in two halves of about equal work: the two
+largest levels one after the other in one thread, every smaller level (dlib's own
+pyramid of the third level) in the other, by copies of dlib's detector whose suppression
+is switched off (one also limited to one level), read from and written back in dlib's
+serialization format. The raw detections of all levels are mapped to the coordinates
+dlib would give them and suppressed here exactly as dlib does (highest score first; a
+detection is dropped when it overlaps a kept one by dlib's ``test_box_overlap``:
+intersection over the bounding box of both above ``iou``, or covering more than
+``covered`` of either).
 
 The result equals ``dlib.get_frontal_face_detector().run(image, upsample, 0)``: same
 boxes, same scores, same order (tests/unit/detector/test_hog_split.py compares them on
-real photographs). Peak memory stays about that of one call: the halves hold
-different pyramid levels. Where a detection of the small half cannot be mapped
-unambiguously, the whole image is detected by dlib's own call instead.
+real photographs). Peak memory is about that of one call: each pyramid level is made
+once, and the first thread holds the features of one level at a time. Where a
+detection of the small levels cannot be mapped unambiguously, the whole image is
+detected by dlib's own call instead.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-HOG_THREADS = 2
-"""The threads :class:`SplitHog` runs on (the caller's and one of its own)."""
 
 LEVELS_IN_FIRST_HALF = 2
 """Pyramid levels 0 and 1 hold about half of the pixels of all levels (1 + 5/6 of 1 /
 (1 - 25/36))."""
 
 _RATIO = 6 / 5  # dlib's pyramid_down<6>: each level is 5/6 of the one above
+
+log = logging.getLogger(__name__)
 
 
 class SplitUnavailable(Exception):
@@ -122,6 +126,42 @@ def _variant(data: bytes, layout: _Layout, max_levels: int | None) -> bytes:
 Box = tuple[int, int, int, int]  # left, top, right, bottom, inclusive (dlib's rectangle)
 
 
+def cache_dir() -> Path:
+    """Where facescan keeps what it derives from installed packages (XDG)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "facescan"
+
+
+def load_frontal(dlib: Any) -> tuple[Any, bytes]:
+    """dlib's frontal face detector and its serialized bytes.
+
+    ``dlib.get_frontal_face_detector()`` decodes the detector from a compressed string
+    dlib carries: 0.3-0.5 s, holding the GIL (the detector's start-up waits on it). Its
+    bytes are kept in :func:`cache_dir`, per dlib version, and later processes load
+    them in about 2 ms. A cache that cannot be read, loaded or written is rebuilt or
+    skipped; the detector is the same either way.
+    """
+    path = cache_dir() / f"dlib-{dlib.__version__}-frontal_face_detector.svm"
+    try:
+        data = path.read_bytes()
+        _layout(data)  # a foreign or cut file is rebuilt below
+        return dlib.fhog_object_detector(str(path)), data
+    except (OSError, RuntimeError, SplitUnavailable, IndexError) as exc:
+        log.debug("no cached frontal face detector (%s): building it", exc)
+    detector = dlib.get_frontal_face_detector()
+    with tempfile.TemporaryDirectory(prefix="facescan-hog-") as tmp:
+        saved = Path(tmp, "frontal.svm")
+        detector.save(str(saved))
+        data = saved.read_bytes()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_bytes(data)
+        os.replace(partial, path)  # whole or not at all, whoever writes last
+    except OSError as exc:
+        log.debug("frontal face detector not cached: %s", exc)
+    return detector, data
+
+
 def _box(rect: Any) -> Box:
     return (rect.left(), rect.top(), rect.right(), rect.bottom())
 
@@ -132,14 +172,15 @@ class SplitHog:
 
     def __init__(self, dlib: Any, detector: Any, data: bytes, layout: _Layout) -> None:
         self._dlib = dlib
-        self._whole = detector
+        self.whole = detector
+        """dlib's own frontal face detector, whose result this one reproduces."""
         self._layout = layout
         with tempfile.TemporaryDirectory(prefix="facescan-hog-") as tmp:
-            large, small = Path(tmp, "large.svm"), Path(tmp, "small.svm")
-            large.write_bytes(_variant(data, layout, LEVELS_IN_FIRST_HALF))
-            small.write_bytes(_variant(data, layout, None))
-            self._large = dlib.fhog_object_detector(str(large))
-            self._small = dlib.fhog_object_detector(str(small))
+            one, rest = Path(tmp, "one.svm"), Path(tmp, "rest.svm")
+            one.write_bytes(_variant(data, layout, 1))
+            rest.write_bytes(_variant(data, layout, None))
+            self._one = dlib.fhog_object_detector(str(one))  # ~2 ms each, unlike
+            self._rest = dlib.fhog_object_detector(str(rest))  # get_frontal_face_detector
         self._up = dlib.pyramid_down(2)
         self._down = dlib.pyramid_down(6)
         cells = layout.window[0] // layout.cell_size, layout.window[1] // layout.cell_size
@@ -157,33 +198,50 @@ class SplitHog:
         """Raises SplitUnavailable when this dlib writes its detector differently."""
         import dlib
 
-        detector = dlib.get_frontal_face_detector()
-        with tempfile.TemporaryDirectory(prefix="facescan-hog-") as tmp:
-            path = Path(tmp, "frontal.svm")
-            detector.save(str(path))
-            data = path.read_bytes()
+        detector, data = load_frontal(dlib)
         return cls(dlib, detector, data, _layout(data))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def run(self, pixels: Any, upsample: int) -> list[tuple[Any, float]]:
-        """(dlib.rectangle, score) of each face, best first, as dlib's own call."""
+    def run(
+        self, pixels: Any, upsample: int, level_0_done: Callable[[], None] | None = None
+    ) -> list[tuple[Any, float]]:
+        """(dlib.rectangle, score) of each face, best first, as dlib's own call.
+
+        ``level_0_done`` is called from the pool's thread once the largest level is
+        scanned (and, when upsampled, freed): the peak of memory is past."""
         dlib = self._dlib
         up = pixels
         for _ in range(upsample):  # dlib's pyramid_up: bilinear, to rect_up's size
             grown = self._up.rect_up(dlib.rectangle(0, 0, up.shape[1] - 1, up.shape[0] - 1))
             up = dlib.resize_image(up, grown.bottom() + 1, grown.right() + 1)
-        large = self._pool.submit(self._large.run, up, 0, 0.0)
+        levels = self._levels(dlib.rectangle(0, 0, up.shape[1] - 1, up.shape[0] - 1))
+        # levels 0 and 1, one after the other, in the pool's thread (one level's features
+        # held at a time); level 1 is made here, once, and level 2 from it
+        first = [self._pool.submit(self._one.run, up, 0, 0.0)]
+        if level_0_done is not None:
+            first[0].add_done_callback(lambda _: level_0_done())
+        found: list[tuple[float, Box]] | None = []
         try:
-            found = self._small_levels(up)
+            if levels > 1:
+                level = self._down(up)
+                del up  # the pool's alone now: freed once scanned
+                first.append(self._pool.submit(self._one.run, level, 0, 0.0))
+                if levels > LEVELS_IN_FIRST_HALF:
+                    found = self._rest_of(self._down(level))
+                del level
         finally:
-            rects, scores, _ = large.result()
+            done = [future.result() for future in first]
         if found is None:
             self.fallbacks += 1
-            rects, scores, _ = self._whole.run(pixels, upsample, 0.0)
+            rects, scores, _ = self.whole.run(pixels, upsample, 0.0)
             return list(zip(rects, scores, strict=True))
-        found += [(float(s), _box(r)) for r, s in zip(rects, scores, strict=True)]
+        for index, (rects, scores, _) in enumerate(done):
+            found += [
+                (float(score), _box(self._down.rect_up(rect, index)))
+                for rect, score in zip(rects, scores, strict=True)
+            ]
         kept = self._suppress(found)
         return [(self._up.rect_down(dlib.rectangle(*box), upsample), s) for s, box in kept]
 
@@ -197,16 +255,10 @@ class SplitHog:
             if rect.width() < min_w or rect.height() < min_h:
                 return levels
 
-    def _small_levels(self, up: Any) -> list[tuple[float, Box]] | None:
-        """Raw detections of levels 2 and below, in level-0 pixels; None if unmappable."""
-        dlib = self._dlib
-        full = dlib.rectangle(0, 0, up.shape[1] - 1, up.shape[0] - 1)
-        if self._levels(full) <= LEVELS_IN_FIRST_HALF:
-            return []
-        level = up
-        for _ in range(LEVELS_IN_FIRST_HALF):
-            level = self._down(level)
-        rects, scores, _ = self._small.run(level, 0, 0.0)
+    def _rest_of(self, level: Any) -> list[tuple[float, Box]] | None:
+        """Raw detections of ``level`` (level 2) and below, in level-0 pixels; None if
+        one cannot be mapped."""
+        rects, scores, _ = self._rest.run(level, 0, 0.0)
         found = []
         for rect, score in zip(rects, scores, strict=True):
             box = self._lift(rect)
@@ -216,10 +268,10 @@ class SplitHog:
         return found
 
     def _lift(self, rect: Any) -> Box | None:
-        """A detection of the small half in the coordinates dlib gives it.
+        """A detection of levels 2 and below in the coordinates dlib gives it.
 
         dlib maps a window found at level ``l`` to level 0 by rect_up(window, l), one
-        rounding after composing the levels' affine maps. The small half's detector
+        rounding after composing the levels' affine maps. The detector of these levels
         rounded at its own level 0 (level 2 of the whole), so its window is recovered
         first: the one level ``j`` whose inverse map gives a window of the detector's
         size that maps back to exactly this rectangle; then it is mapped all the way up.

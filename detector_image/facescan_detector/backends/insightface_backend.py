@@ -12,7 +12,7 @@ L2-normalised (insightface's ``normed_embedding``; its raw ``embedding`` is not 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,7 +313,8 @@ class InsightFaceDetector(FaceDetector):
         norm = float(np.linalg.norm(raw))
         return freeze(raw / norm if norm > 0 else raw)
 
-    def _detect(self, pixels: Pixels) -> list[Face]:
+    def _detect(self, pixels: Pixels, room_for_next: Callable[[], None]) -> list[Face]:
+        room_for_next()  # one onnxruntime session at a time, decoding fits beside it
         rows, cols = pixels.shape[:2]
         boxes, scores, kps = self._find(pixels)
         faces = []

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +233,7 @@ def test_other_backend_errors_are_internal_with_the_message_and_cause() -> None:
         def _load(self) -> None:
             pass
 
-        def _detect(self, pixels: Pixels) -> list[Face]:
+        def _detect(self, pixels: Pixels, room_for_next: Callable[[], None]) -> list[Face]:
             raise ValueError("shape mismatch in layer 3")
 
         def _close(self) -> None:
