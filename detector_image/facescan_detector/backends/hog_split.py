@@ -89,7 +89,7 @@ _ONE = _int(1) + _int(0)  # the double 1.0 (mantissa 1, exponent 0): overlap nev
 
 
 def _layout(data: bytes) -> _Layout:
-    """object_detector v2 of scan_fhog_pyramid v1, as dlib 19 and 20 write it."""
+    """object_detector v2 of scan_fhog_pyramid v1, as dlib writes it (checked with 20.0)."""
     r = _Reader(data)
     if r.int() != 2 or r.int() != 1:  # object_detector and scanner versions
         raise SplitUnavailable("not an object_detector v2 of scan_fhog_pyramid v1")
