@@ -76,6 +76,7 @@ async def run(settings: DetectorSettings, database: DatabaseSettings) -> RunSumm
     try:
         return await worker.run()
     finally:
+        await worker.stop_tasks()
         worker.close()
         await queue.close()
 
@@ -107,6 +108,8 @@ class _Worker:
         self.detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detect")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.prefetched: tuple[str, float, asyncio.Future[LoadedImage]] | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        """The heartbeat and the prefetches' queue calls, stopped before the queue closes."""
         self.lease_lost = False
         self.unavailable_in_a_row = 0
 
@@ -117,8 +120,16 @@ class _Worker:
         self.detect_pool.shutdown(wait=not self.summary.abandoned_thread, cancel_futures=True)
         self.load_pool.shutdown(wait=False, cancel_futures=True)
 
+    async def stop_tasks(self) -> None:
+        """Cancels the heartbeat and any prefetch and waits for them: none may be inside
+        a queue call when the queue closes."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
     async def run(self) -> RunSummary:
         beat = asyncio.create_task(self._heartbeat())
+        self.tasks.add(beat)
         if self.settings.model is not None:  # load it while the first image is read
             preload = asyncio.get_running_loop().run_in_executor(
                 self.detect_pool, self._detector, self.settings.model
@@ -213,25 +224,26 @@ class _Worker:
     async def _process(self, image: StartedImage, room: asyncio.Event) -> DetectionResult:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        loaded = await self._load(image)
 
         def signal() -> None:  # in a thread of the detector
             loop.call_soon_threadsafe(room.set)
 
         try:
-            faces = await asyncio.wait_for(
-                loop.run_in_executor(
-                    self.detect_pool, self._detect, image.model, loaded.pixels, signal
-                ),
-                timeout=self.settings.image_timeout_s,
-            )
-        except TimeoutError:
-            raise DetectionTimeout(
-                f"{image.path}: detection with {image.model}@{image.scale:g} took longer "
-                f"than {self.settings.image_timeout_s:g} s"
-            ) from None
+            loaded = await self._load(image)
+            try:
+                faces = await asyncio.wait_for(
+                    loop.run_in_executor(
+                        self.detect_pool, self._detect, image.model, loaded.pixels, signal
+                    ),
+                    timeout=self.settings.image_timeout_s,
+                )
+            except TimeoutError:
+                raise DetectionTimeout(
+                    f"{image.path}: detection with {image.model}@{image.scale:g} took "
+                    f"longer than {self.settings.image_timeout_s:g} s"
+                ) from None
         finally:
-            room.set()  # a failed detection lets the next image's prefetch go on
+            room.set()  # a failed load or detection lets the next image's prefetch go on
         width, height = loaded.original_width, loaded.original_height
         results = []
         for face in faces:
@@ -315,6 +327,8 @@ class _Worker:
         # a failed peek only costs the prefetch
         task = asyncio.ensure_future(start())
         task.add_done_callback(_consume_exception)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         return room
 
     async def _fail(

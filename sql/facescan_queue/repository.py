@@ -41,6 +41,8 @@ from facescan_queue.types import ErrorType, ImageState
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _RETRIES = 5
 _REGISTER_CHUNK = 10_000
+_CLOSE_S = 10.0
+"""How long close() waits for connections still in use before terminating them."""
 
 
 class Queue:
@@ -106,10 +108,16 @@ class Queue:
         return queue
 
     async def close(self) -> None:
+        """Closes the pool once its connections are released; one still in use after
+        _CLOSE_S (a call left in flight, a connection broken mid-call) is terminated,
+        so that a process never hangs on its way out."""
         pinned, self._pinned = self._pinned, None
         if pinned is not None and _attached(pinned):
             await self._pool.release(pinned)
-        await self._pool.close()
+        try:
+            await asyncio.wait_for(self._pool.close(), _CLOSE_S)
+        except TimeoutError:
+            self._pool.terminate()
 
     async def __aenter__(self) -> Self:
         return self

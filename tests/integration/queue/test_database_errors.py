@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from facescan_queue import errors, queries
+from facescan_queue import errors, queries, repository
 from facescan_queue.migrate import migrate
 from facescan_queue.models import NewImage
 from facescan_queue.queries import latest_version
@@ -312,3 +312,26 @@ async def test_calls_while_the_database_refuses_connections_are_unavailable(
     finally:
         await admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
         await admin.close()
+
+
+async def test_closing_never_waits_forever_on_a_connection_left_in_use(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process on its way out (a detector whose lease is finished) exits even when a
+    call never handed its connection back."""
+    monkeypatch.setattr(repository, "_CLOSE_S", 0.5)
+    client = await Queue.connect(DatabaseSettings(dsn=SecretStr(dsn)), pin=True)
+    stuck = await client._pool.acquire()  # never released, as by a call stuck mid-flight
+    pid = stuck.get_server_pid()
+    await asyncio.wait_for(client.close(), 5)
+    check = await asyncpg.connect(dsn)
+    try:
+        for _ in range(100):  # the server ends the terminated session
+            alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+            if not await check.fetchval(alive, pid):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the connection left in use was not terminated")
+    finally:
+        await check.close()
