@@ -164,7 +164,11 @@ class LocalRunner:
 
     def _threads(self) -> int:
         """Each worker's share of this process's CPUs (HOG takes two when it may)."""
-        return max(1, len(os.sched_getaffinity(0)) // self.options.workers)
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        return max(1, cpus // self.options.workers)
 
     def _count(self, library: str) -> int:
         return sum(1 for w in self.workers.values() if w.library == library)
