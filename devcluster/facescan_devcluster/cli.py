@@ -1,10 +1,10 @@
 """The command line of ``scripts/dev-cluster``.
 
-    dev-cluster build               build the Kubernetes binaries (cached; seconds when built)
-    dev-cluster up --dir DIR        start a cluster; prints `export KUBECONFIG=...`
-    dev-cluster down --dir DIR      stop every process it started, by PID
-    dev-cluster status --dir DIR    which processes run, the nodes, memory
-    dev-cluster agent --dir DIR     the node agent itself (started by `up`)
+dev-cluster build               build the Kubernetes binaries (cached; seconds when built)
+dev-cluster up --dir DIR        start a cluster; prints `export KUBECONFIG=...`
+dev-cluster down --dir DIR      stop every process it started, by PID
+dev-cluster status --dir DIR    which processes run, the nodes, memory
+dev-cluster agent --dir DIR     the node agent itself (started by `up`)
 """
 
 from __future__ import annotations

@@ -209,7 +209,9 @@ def up(
     pki.write_private(pki_dir / "tokens.json", json.dumps({u.name: u.token for u in users}))
     for user in users:
         name = "admin" if user.name == ADMIN else user.name.split(":")[-1]
-        pki.write_private(directory / f"{name}.kubeconfig", pki.kubeconfig(cluster.server, cluster.ca, user))
+        pki.write_private(
+            directory / f"{name}.kubeconfig", pki.kubeconfig(cluster.server, cluster.ca, user)
+        )
     (directory / "audit-policy.yaml").write_text(AUDIT_POLICY)
     cluster.save()
     try:
@@ -219,7 +221,10 @@ def up(
         for component in ("kube-scheduler", "kube-controller-manager"):
             kubeconfig = directory / f"{component}.kubeconfig"
             argv = [str(binaries[component]), f"--kubeconfig={kubeconfig}", "--leader-elect=false"]
-            argv += [f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}"]
+            argv += [
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+            ]
             argv += ["--bind-address=127.0.0.1", f"--secure-port={_free_port()}"]
             if component == "kube-controller-manager":
                 argv += [

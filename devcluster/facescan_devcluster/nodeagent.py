@@ -285,21 +285,28 @@ async def run(directory: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with aiohttp.ClientSession() as session:
         nodes = [
-            Node(shape, Api(cluster.server, cluster.token(f"system:node:{shape.name}"), context, session), cluster, images)
+            Node(
+                shape,
+                Api(cluster.server, cluster.token(f"system:node:{shape.name}"), context, session),
+                cluster,
+                images,
+            )
             for shape in node_shapes(cluster.nodes)
         ]
         for node in nodes:
             await node.register()
         tasks = [asyncio.create_task(c) for n in nodes for c in (n.heartbeat(), n.watch_pods())]
         waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t.exception() for t in tasks if t.done() and not t.cancelled()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(node.stop() for node in nodes))
-        for task in done:
-            if task is not waiter and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        waiter.cancel()
+        for error in failed:
+            if error is not None:
+                raise error
 
 
 def main(directory: Path) -> None:

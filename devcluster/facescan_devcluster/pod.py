@@ -81,6 +81,7 @@ class PodRunner:
         self.restarts = 0
         self.started_at = now()
         self._task: asyncio.Task[None] | None = None
+        self._finalizing: asyncio.Task[None] | None = None
 
     @property
     def status_path(self) -> str:
@@ -107,7 +108,7 @@ class PodRunner:
         if pod["metadata"].get("deletionTimestamp") and not self.deleting.is_set():
             self.deleting.set()
             if self.done and not self.gone:
-                asyncio.create_task(self._finalize())
+                self._finalizing = asyncio.create_task(self._finalize())
 
     def removed(self) -> None:
         """The pod object is gone (deleted at once): stop its processes, report nothing."""
@@ -146,17 +147,17 @@ class PodRunner:
             policy = self.pod["spec"].get("restartPolicy", "Always")
             again = policy == "Always" or (policy == "OnFailure" and code != 0)
             phase = "Succeeded" if code == 0 else "Failed"
-            terminated: Obj = {"exitCode": code, "reason": reason, "finishedAt": now()}
-            terminated["startedAt"] = launch["startedAt"]
+            ended: Obj = {"exitCode": code, "reason": reason, "finishedAt": now()}
+            ended["startedAt"] = launch["startedAt"]
             if message:
-                terminated["message"] = message
+                ended["message"] = message
             if not again or self.deleting.is_set():
-                await self._report(phase if not again else "Failed", {"terminated": terminated})
+                await self._report(phase if not again else "Failed", {"terminated": ended})
                 return
             delay = min(BACKOFF_S * 2**self.restarts, BACKOFF_CAP_S)
             self.restarts += 1
             waiting = {"reason": "CrashLoopBackOff", "message": f"back-off {delay:.0f}s"}
-            await self._report("Running", {"waiting": waiting}, last={"terminated": terminated})
+            await self._report("Running", {"waiting": waiting}, last={"terminated": ended})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.deleting.wait(), delay)
                 return
@@ -189,7 +190,9 @@ class PodRunner:
 
     async def _run_once(self, launch: Obj) -> tuple[int, str, str]:
         """Run the container once; (exit code, reason, message)."""
-        limit = memory_bytes(((self.container.get("resources") or {}).get("limits") or {}).get("memory"))
+        limit = memory_bytes(
+            ((self.container.get("resources") or {}).get("limits") or {}).get("memory")
+        )
         self.cgroup = self._make_cgroup(limit)
         error_file = self.dir / "start-error"
         error_file.unlink(missing_ok=True)
@@ -266,7 +269,10 @@ class PodRunner:
             container["containerID"] = f"facescan://{self.uid}-{self.restarts}"
         started = "waiting" not in state or bool(self.restarts)
         conditions = [
-            _condition("PodReadyToStartContainers", started or "ContainerCreating" != state.get("waiting", {}).get("reason")),
+            _condition(
+                "PodReadyToStartContainers",
+                started or state.get("waiting", {}).get("reason") != "ContainerCreating",
+            ),
             _condition("Initialized", True),
             _condition("ContainersReady", ready),
             _condition("Ready", ready),

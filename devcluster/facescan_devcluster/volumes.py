@@ -84,7 +84,9 @@ class Resolver:
 
     async def launch_spec(self, container: Obj) -> Obj:
         env = await self._env(container)
-        argv = [expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
+        argv = [
+            expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])
+        ]
         if not container.get("command"):
             raise ConfigError(
                 "the container has no command: the node agent runs no image entrypoint"
@@ -119,7 +121,9 @@ class Resolver:
             elif "resourceFieldRef" in value_from:
                 resource = value_from["resourceFieldRef"]["resource"]
                 kind, _, name = resource.partition(".")
-                env[var["name"]] = str(((container.get("resources") or {}).get(kind) or {}).get(name, "0"))
+                env[var["name"]] = str(
+                    ((container.get("resources") or {}).get(kind) or {}).get(name, "0")
+                )
             else:
                 kind = "secrets" if "secretKeyRef" in value_from else "configmaps"
                 ref = value_from.get("secretKeyRef") or value_from.get("configMapKeyRef") or {}
@@ -128,7 +132,9 @@ class Resolver:
                 if ref["key"] in data:
                     env[var["name"]] = data[ref["key"]]
                 elif not optional:
-                    raise ConfigError(f"couldn't find key {ref['key']} in {kind[:-1]} {self.ns}/{ref['name']}")
+                    raise ConfigError(
+                        f"couldn't find key {ref['key']} in {kind[:-1]} {self.ns}/{ref['name']}"
+                    )
         return env
 
     def _identity(self, container: Obj) -> tuple[int | None, int | None, list[int]]:
@@ -203,7 +209,7 @@ class Resolver:
         files = await self._files(volume)
         target.mkdir(parents=True, exist_ok=True)
         kinds = ("configMap", "secret", "projected", "downwardAPI")
-        source = next((volume[k] for k in kinds if k in volume), {})
+        source: Obj = next((volume[k] for k in kinds if k in volume), {})
         mode = int(source.get("defaultMode", 0o644))
         for relative, content in files.items():
             path = target / relative
@@ -226,13 +232,15 @@ class Resolver:
         if "downwardAPI" in volume:
             return await self._source_files(volume)
         kinds = sorted(k for k in volume if k != "name")
-        raise ConfigError(f"volume {volume['name']}: type {kinds} is not supported by the node agent")
+        raise ConfigError(
+            f"volume {volume['name']}: type {kinds} is not supported by the node agent"
+        )
 
     async def _source_files(self, source: Obj) -> dict[str, bytes]:
         if "configMap" in source or "secret" in source:
             kind = "configmaps" if "configMap" in source else "secrets"
             ref = source.get("configMap") or source.get("secret") or {}
-            name = ref.get("name") or ref.get("secretName")
+            name = str(ref.get("name") or ref.get("secretName") or "")
             data = await self._data(kind, name, ref.get("optional", False))
             items = ref.get("items")
             if items:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import ssl
@@ -107,7 +108,12 @@ class Kube:
 
     def apply(self, *objects: Obj) -> None:
         """`kubectl apply -f -` of the objects (namespaced ones default to the test's)."""
-        self.kubectl("apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(objects)}))
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"kind": "List", "apiVersion": "v1", "items": list(objects)}),
+        )
 
     async def aapply(self, *objects: Obj) -> None:
         await asyncio.to_thread(self.apply, *objects)
@@ -174,10 +180,10 @@ class Kube:
             event = json.loads(line)
             ref = event.get("objectRef") or {}
             ok = (event.get("responseStatus") or {}).get("code", 0) < 300
-            if ok and event.get("verb") == "create" and ref.get("resource") == plural:
-                if not ref.get("subresource") and ns in (None, ref.get("namespace")):
-                    if event.get("stage") == "ResponseComplete" and event.get("requestObject"):
-                        found.append(event["requestObject"])
+            wanted = ok and event.get("verb") == "create" and ref.get("resource") == plural
+            wanted = wanted and not ref.get("subresource") and ns in (None, ref.get("namespace"))
+            if wanted and event.get("stage") == "ResponseComplete" and event.get("requestObject"):
+                found.append(event["requestObject"])
         return found
 
     def api_client(self) -> Any:
@@ -206,7 +212,11 @@ class Kube:
 
     def running_pods(self) -> list[str]:
         """Pods of the namespace whose processes still run on a node."""
-        return [p.name for p in (self.cluster.dir / "pods").glob(f"{self.namespace}_*") if (p / "pid").exists()]
+        return [
+            p.name
+            for p in (self.cluster.dir / "pods").glob(f"{self.namespace}_*")
+            if (p / "pid").exists()
+        ]
 
     async def wait_for(
         self, check: Callable[[], T | None], timeout: float = 30, what: str = "condition"
@@ -218,6 +228,10 @@ class Kube:
                 raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
             await asyncio.sleep(0.1)
         return result
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def alive(pid: int) -> bool:

