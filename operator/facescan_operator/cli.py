@@ -358,8 +358,15 @@ def operator(
             "--namespace", "-n", help="Watch only these namespaces (default: the whole cluster)."
         ),
     ] = None,
+    health_address: Annotated[
+        str,
+        typer.Option(
+            help="Address the liveness/readiness endpoint (/healthz) binds: 0.0.0.0 every "
+            "interface (in a pod, for the kubelet's probes), 127.0.0.1 this machine only."
+        ),
+    ] = "0.0.0.0",
     health_port: Annotated[
-        int, typer.Option(help="Liveness/readiness endpoint (/healthz).")
+        int, typer.Option(min=1, max=65535, help="Port of the liveness/readiness endpoint.")
     ] = 8081,
     peering: Annotated[
         str | None,
@@ -376,7 +383,8 @@ def operator(
     """Run the Kubernetes operator: reconcile every FaceScan (kopf).
 
     It reads the database URL of each FaceScan from the Secret its spec names, and
-    serves Prometheus metrics on $FACESCAN_METRICS_PORT (default 8080).
+    serves Prometheus metrics on $FACESCAN_METRICS_ADDRESS (default 0.0.0.0) port
+    $FACESCAN_METRICS_PORT (default 8080; 0: no metrics server).
     """
     import kopf
 
@@ -390,8 +398,14 @@ def operator(
         namespaces=namespace or (),
         standalone=peering is None,
         peering_name=peering,
-        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+        liveness_endpoint=liveness_endpoint(health_address, health_port),
     )
+
+
+def liveness_endpoint(address: str, port: int) -> str:
+    """The URL kopf serves /healthz on; an IPv6 address goes in brackets."""
+    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
+    return f"http://{host}:{port}/healthz"
 
 
 def main() -> None:

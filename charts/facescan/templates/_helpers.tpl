@@ -35,21 +35,38 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* Rules the operator needs where FaceScans live: its Jobs, their Pods, Events, and
-     reading the database Secret named by each FaceScan. */}}
+{{/* Rules the operator needs where FaceScans live, each with who calls it (kopf, or
+     the operator's own calls in facescan_operator/k8s/kube.py). */}}
 {{- define "facescan.namespacedRules" -}}
+# kopf: lists then watches FaceScans; adds and removes its finalizer and annotations
+# by PATCH (merge and JSON patch), never PUT
+- apiGroups: [facescan.io]
+  resources: [facescans]
+  verbs: [list, watch, patch]
+# kopf: writes status (phase, conditions, counts) by PATCH on the subresource
+- apiGroups: [facescan.io]
+  resources: [facescans/status]
+  verbs: [patch]
+# API server: the operator's Jobs carry an ownerReference with blockOwnerDeletion to
+# their FaceScan, which OwnerReferencesPermissionEnforcement allows only to who may
+# update the owner's finalizers
+- apiGroups: [facescan.io]
+  resources: [facescans/finalizers]
+  verbs: [update]
+# operator: lists a FaceScan's Jobs by label, creates them, deletes ended ones
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete]
+  verbs: [list, create, delete]
+# operator: lists the pods of its Jobs by label (how each ended: OOMKilled, evicted)
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list]
+# kopf: posts Events on FaceScans (create); operator: lists Events to learn why a
+# Job's pods are not created
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create, list]
+# operator: reads the database URL from the Secret(s) a FaceScan names, by name only
 - apiGroups: [""]
   resources: [secrets]
   resourceNames: {{ include "facescan.secretNames" . }}

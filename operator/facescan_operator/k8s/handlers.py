@@ -50,11 +50,12 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
-    port = os.environ.get("FACESCAN_METRICS_PORT", "8080")
-    if port != "0":
+    # 0.0.0.0 in a pod, for Prometheus; 127.0.0.1 keeps them on this machine; port 0: none
+    port = int(os.environ.get("FACESCAN_METRICS_PORT", "8080"))
+    if port:
         from prometheus_client import start_http_server
 
-        start_http_server(int(port))
+        start_http_server(port, addr=os.environ.get("FACESCAN_METRICS_ADDRESS", "0.0.0.0"))
 
 
 @kopf.on.cleanup()

@@ -110,6 +110,96 @@ def test_jobs_pods_and_secrets_only_where_facescans_live() -> None:
     assert "--namespace=archive" in args
 
 
+def _grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    return {
+        (g, r): rule["verbs"]
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+
+
+# What the operator and kopf call where FaceScans live (facescan_operator/k8s/kube.py;
+# kopf: list+watch, PATCH, POST events); OwnerReferencesPermissionEnforcement asks for
+# facescans/finalizers because the Jobs' ownerReference blocks the FaceScan's deletion
+WHERE_FACESCANS_LIVE = {
+    ("facescan.io", "facescans"): ["list", "watch", "patch"],
+    ("facescan.io", "facescans/status"): ["patch"],
+    ("facescan.io", "facescans/finalizers"): ["update"],
+    ("batch", "jobs"): ["list", "create", "delete"],
+    ("", "pods"): ["list"],
+    ("", "events"): ["create", "list"],
+    ("", "secrets"): ["get"],
+}
+CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"]}
+
+
+@pytest.mark.parametrize("peering", [False, True])
+def test_cluster_wide_rbac_is_exactly_what_the_operator_calls(peering: bool) -> None:
+    docs = render({"peering": {"enabled": peering}})
+    assert of_kind(docs, "Role") == []
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    peerings = {("kopf.dev", "clusterkopfpeerings"): ["list", "watch", "patch"]}
+    assert _grants(cluster_role["rules"]) == CRDS | WHERE_FACESCANS_LIVE | (
+        peerings if peering else {}
+    )
+
+
+def test_per_namespace_rbac_is_exactly_what_the_operator_calls() -> None:
+    docs = render(GPU_AND_CPU)  # peering enabled
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    # kopf lists and watches namespaces to resolve --namespace (without: 403s, a minute late)
+    assert _grants(cluster_role["rules"]) == CRDS | {("", "namespaces"): ["list", "watch"]}
+    peerings = {("kopf.dev", "kopfpeerings"): ["list", "watch", "patch"]}
+    for role in of_kind(docs, "Role"):
+        assert _grants(role["rules"]) == peerings | WHERE_FACESCANS_LIVE
+
+
+@pytest.mark.parametrize("watch", [[], ["photos"], ["photos", "archive"]])
+def test_namespaces_are_listed_exactly_when_the_operator_serves_some(watch: list[str]) -> None:
+    docs = render({"watchNamespaces": watch})
+    rules = [r for d in of_kind(docs, "ClusterRole") + of_kind(docs, "Role") for r in d["rules"]]
+    namespaces = [r for r in rules if "namespaces" in r["resources"]]
+    assert namespaces == (
+        [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+        if watch
+        else []
+    )
+    finalizers = [r for r in rules if "facescans/finalizers" in r["resources"]]
+    assert len(finalizers) == max(len(watch), 1)
+    assert all(r["verbs"] == ["update"] for r in finalizers)
+
+
+def _operator_container(values: dict[str, Any]) -> dict[str, Any]:
+    (deployment,) = of_kind(render(values), "Deployment")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_health_and_metrics_bind_every_interface_of_the_pod_by_default() -> None:
+    container = _operator_container({})
+    assert "--health-address=0.0.0.0" in container["args"]
+    assert "--health-port=8081" in container["args"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["FACESCAN_METRICS_ADDRESS"], env["FACESCAN_METRICS_PORT"]) == ("0.0.0.0", "8080")
+
+
+def test_the_bind_addresses_and_ports_reach_the_operator() -> None:
+    container = _operator_container(
+        {
+            "operator": {"health": {"address": "::", "port": 9102}},
+            "metrics": {"address": "10.0.0.7", "port": 9103},
+        }
+    )
+    assert "--health-address=::" in container["args"]
+    assert "--health-port=9102" in container["args"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["FACESCAN_METRICS_ADDRESS"], env["FACESCAN_METRICS_PORT"]) == ("10.0.0.7", "9103")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 9102, "metrics": 9103}
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+
+
 @pytest.mark.parametrize("values", VALUES.values(), ids=VALUES.keys())
 def test_operator_pod_meets_the_restricted_pod_security_profile(values: dict[str, Any]) -> None:
     (deployment,) = of_kind(render(values), "Deployment")
@@ -164,6 +254,9 @@ def test_image_tags_follow_the_app_version() -> None:
         {"operator": {"replicas": "two"}},
         {"nodePools": [{"name": "x"}]},
         {"metrics": {"port": 80}},
+        {"metrics": {"address": "everywhere"}},
+        {"operator": {"health": {"address": ""}}},
+        {"operator": {"health": {"port": 70000}}},
         {"database": {"existingSecret": ""}},
         {"exampleScan": {"cascade": [{"model": "yolo"}]}},
     ],
