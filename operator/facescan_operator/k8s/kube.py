@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from facescan_operator.k8s.reconcile import KubeApi
+
+log = logging.getLogger(__name__)
 
 
 class SecretError(Exception):
@@ -39,6 +42,7 @@ class ClusterApi(KubeApi):
         self._api = client.ApiClient()
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
+        self._events_forbidden = False
 
     async def list_jobs(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         response = await asyncio.to_thread(
@@ -82,6 +86,30 @@ class ClusterApi(KubeApi):
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
+        """Core Events matching a field selector (``involvedObject.kind=Job,...``). Without
+        RBAC 'list' on events it logs that once and returns none: only the reporting of
+        Jobs whose pods are refused is lost, not the reconcile."""
+        try:
+            response = await asyncio.to_thread(
+                self._core.list_namespaced_event,
+                namespace,
+                field_selector=field_selector,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            if not self._events_forbidden:
+                self._events_forbidden = True
+                log.warning(
+                    "the operator may not list Events in namespace %s (RBAC: grant 'list' "
+                    "on events); Jobs whose pods are never created go unreported",
+                    namespace,
+                )
+            return []
+        return list(_json(response).get("items") or [])
 
     async def read_secret(self, namespace: str, name: str, key: str) -> str:
         """One key of a Secret (the database URL); SecretError names what is wrong."""

@@ -1,14 +1,15 @@
-"""What the operator reads off the cluster: its detector Jobs and how their pods ended.
+"""What the operator reads off the cluster: its detector Jobs, how their pods ended, and
+why a pod cannot start.
 
-Pure functions from Job and Pod manifests (plain dicts, as the API returns them) to a
-small typed view; used by the reconcile loop. A pod's end is only a hint of what
-happened to the images: the database is the truth, and the lease release that follows
-charges only an image that was really left in progress.
+Pure functions from Job, Pod and Event manifests (plain dicts, as the API returns them)
+to a small typed view; used by the reconcile loop (and stuck.py). A pod's end is only a
+hint of what happened to the images: the database is the truth, and the lease release
+that follows charges only an image that was really left in progress.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -29,12 +30,34 @@ _UNITS = {
 }
 
 
+WAITING_TROUBLE = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+"""Reasons of a waiting container that keep a pod from running (the kubelet's words)."""
+FAILED_CREATE = "FailedCreate"
+UNSCHEDULABLE = "Unschedulable"
+
+
 class JobOutcome(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     OOM_KILLED = "oom-killed"
     DISRUPTED = "disrupted"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PodTrouble:
+    """Why a Job's pod cannot be created or cannot run, in the API's reason and message."""
+
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,17 @@ class JobView:
     outcome: JobOutcome
     detail: str
     finished_at: datetime | None
+    created_at: datetime | None = None
+    suspended: bool = False
+    """spec.suspend (Kueue has not admitted it): no pod is expected."""
+    deleting: bool = False
+    pods: int = 0
+    scheduled: bool = False
+    """A pod of the Job is bound to a node and has not ended (it holds node resources)."""
+    started_at: datetime | None = None
+    """When its container started running, if it did."""
+    trouble: PodTrouble | None = None
+    """Why its pod cannot run (Unschedulable, ImagePullBackOff...), from the pod."""
 
     @property
     def finished(self) -> bool:
@@ -89,6 +123,68 @@ def _pod_outcome(pod: Mapping[str, Any]) -> tuple[JobOutcome, str, datetime | No
     return None
 
 
+def _pod_start(pod: Mapping[str, Any]) -> tuple[bool, datetime | None, PodTrouble | None]:
+    """(holds a node, when its container started, why it cannot run) of one pod."""
+    status = pod.get("status") or {}
+    ended = status.get("phase") in ("Succeeded", "Failed")
+    scheduled = bool((pod.get("spec") or {}).get("nodeName"))
+    trouble = None
+    for condition in status.get("conditions") or ():
+        if condition.get("type") != "PodScheduled":
+            continue
+        if condition.get("status") == "True":
+            scheduled = True
+        elif condition.get("reason") == UNSCHEDULABLE:
+            trouble = PodTrouble(UNSCHEDULABLE, condition.get("message") or "")
+    started = None
+    for container in status.get("containerStatuses") or ():
+        state = container.get("state") or {}
+        ran = state.get("running") or state.get("terminated")
+        if ran:
+            started = _time(ran.get("startedAt")) or started
+        waiting = state.get("waiting") or {}
+        if trouble is None and waiting.get("reason") in WAITING_TROUBLE:
+            trouble = PodTrouble(waiting["reason"], waiting.get("message") or "")
+    return scheduled and not ended, started, trouble
+
+
+def creation_refusal(events: Iterable[Mapping[str, Any]], job: str) -> PodTrouble | None:
+    """The latest Warning FailedCreate Event of Job ``job``: its pod cannot be created."""
+    latest, when = None, ""
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        if (
+            event.get("type") != "Warning"
+            or event.get("reason") != FAILED_CREATE
+            or involved.get("kind") != "Job"
+            or involved.get("name") != job
+        ):
+            continue
+        stamp = str(
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or (event.get("metadata") or {}).get("creationTimestamp")
+            or ""
+        )
+        if latest is None or stamp >= when:
+            latest, when = PodTrouble(FAILED_CREATE, event.get("message") or ""), stamp
+    return latest
+
+
+def _starts(
+    pods: Sequence[Mapping[str, Any]],
+) -> tuple[bool, datetime | None, PodTrouble | None]:
+    """The pods of one Job together: (one holds a node, latest start, first trouble)."""
+    scheduled, started, trouble = False, None, None
+    for pod in pods:
+        on_node, began, why = _pod_start(pod)
+        scheduled = scheduled or on_node
+        if began is not None and (started is None or began > started):
+            started = began
+        trouble = trouble or why
+    return scheduled, started, trouble
+
+
 def view_jobs(
     jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
 ) -> list[JobView]:
@@ -105,7 +201,9 @@ def view_jobs(
         labels = meta.get("labels") or {}
         name = meta["name"]
         outcome, detail, finished = JobOutcome.RUNNING, "", None
-        for pod in pods_by_job.get(name, ()):
+        own_pods = pods_by_job.get(name, [])
+        scheduled, started, trouble = _starts(own_pods)
+        for pod in own_pods:
             seen = _pod_outcome(pod)
             if seen is not None:
                 outcome, detail, finished = seen
@@ -139,6 +237,13 @@ def view_jobs(
                 outcome=outcome,
                 detail=detail,
                 finished_at=finished,
+                created_at=_time(meta.get("creationTimestamp")),
+                suspended=bool(job["spec"].get("suspend")),
+                deleting=bool(meta.get("deletionTimestamp")),
+                pods=len(own_pods),
+                scheduled=scheduled,
+                started_at=started,
+                trouble=trouble,
             )
         )
     return views

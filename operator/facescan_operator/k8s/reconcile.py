@@ -8,9 +8,11 @@ Each tick: (1) settle ended Jobs: release their leases, charging ``oom`` to the 
 OOMKilled pod had started, nothing for a disrupted (preempted, evicted) pod, ``crash``
 otherwise (a pod that exited 0 is charged only if an image is still in progress in the
 database); leases whose Job vanished are released too; expired leases are reclaimed;
-finished Jobs past their TTL are deleted. (2) plan new batches with the same planner as
-the local runner (so an OOM culprit settled in (1) is rescheduled in this very tick),
-claim them and create their Jobs. (3) compute the status.
+finished Jobs past their TTL are deleted; Jobs whose pods cannot be created or run are
+handed back uncharged and deleted, and hold back launching (stuck.py). (2) plan new
+batches with the same planner as the local runner (so an OOM culprit settled in (1) is
+rescheduled in this very tick), claim them and create their Jobs, as far as the holds of
+(1) let them. (3) compute the status.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facescan_operator.breaker import BreakerState, CircuitBreaker
+from facescan_operator.k8s import stuck
 from facescan_operator.k8s.jobs import JobBatch, ScanRef, build_detector_job, job_name
 from facescan_operator.k8s.observe import JobOutcome, JobView
 from facescan_operator.k8s.spec import FaceScanSpec
+from facescan_operator.k8s.status import changed as changed
+from facescan_operator.k8s.status import status_of as status_of
 from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.models import (
@@ -33,7 +38,6 @@ from facescan_queue.models import (
     GroupCount,
     LeaseInfo,
     LibraryPolicy,
-    QueueStatus,
 )
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
@@ -94,101 +98,6 @@ def settle(
                 Release(owner, ErrorType.CRASH, "its Job vanished (deleted, or its node is gone)")
             )
     return Settlement(releases, deletions)
-
-
-def _condition(
-    previous: dict[str, dict[str, Any]],
-    kind: str,
-    on: bool,
-    reason: str,
-    message: str,
-    now: str,
-) -> dict[str, Any]:
-    status = "True" if on else "False"
-    before = previous.get(kind)
-    since = before["lastTransitionTime"] if before and before.get("status") == status else now
-    return {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since,
-    }
-
-
-def status_of(
-    counts: QueueStatus,
-    active_jobs: int,
-    suspended: bool,
-    breaker: CircuitBreaker,
-    runnable: bool,
-    previous: dict[str, Any],
-    now: datetime,
-) -> dict[str, Any]:
-    """Pure: the FaceScan's status (phase, conditions, counts) from what was observed."""
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    open_breaker = breaker.state is not BreakerState.CLOSED
-    finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0
-    if suspended:
-        phase = "Suspended"
-    elif counts.images == 0:
-        phase = "Pending"
-    elif open_breaker:
-        phase = "Degraded"
-    elif finished:
-        phase = "Completed"
-    elif active_jobs or runnable:
-        phase = "Running"
-    else:
-        phase = "Waiting"  # only retries remain, backing off
-    old = {c["type"]: c for c in previous.get("conditions") or ()}
-    conditions = [
-        _condition(
-            old,
-            "Ready",
-            finished and not suspended,
-            "AllImagesSettled" if finished else "ImagesRemaining",
-            f"{counts.done} done, {counts.dead} dead of {counts.images}",
-            stamp,
-        ),
-        _condition(
-            old,
-            "Progressing",
-            active_jobs > 0,
-            "JobsRunning" if active_jobs else "NoJobs",
-            f"{active_jobs} detector Jobs running",
-            stamp,
-        ),
-        _condition(
-            old,
-            "Degraded",
-            open_breaker,
-            "BreakerOpen" if open_breaker else "Healthy",
-            breaker.reason or "failures are the images' own",
-            stamp,
-        ),
-        _condition(
-            old,
-            "Suspended",
-            suspended,
-            "SpecSuspend" if suspended else "Active",
-            "spec.suspend is set" if suspended else "creating Jobs as needed",
-            stamp,
-        ),
-    ]
-    return {
-        "phase": phase,
-        "progress": f"{counts.done}/{counts.images}",
-        "counts": counts.as_json(),
-        "activeJobs": active_jobs,
-        "breaker": str(breaker.state),
-        "conditions": conditions,
-    }
-
-
-def changed(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The top-level status keys whose value differs (what to patch)."""
-    return {k: v for k, v in new.items() if current.get(k) != v}
 
 
 def policy_of(spec: FaceScanSpec) -> LibraryPolicy:
@@ -264,6 +173,9 @@ class KubeApi:
     async def delete_job(self, namespace: str, name: str) -> None:
         raise NotImplementedError
 
+    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
 
 async def reconcile(
     scan: ScanRef,
@@ -291,8 +203,16 @@ async def reconcile(
     jobs = view_jobs(
         await kube.list_jobs(scan.namespace, labels), await kube.list_pods(scan.namespace, labels)
     )
+    refusals = await stuck.refusals(kube, scan.namespace, jobs)
     leases = await queue.leases(library)
     settlement = settle(jobs, leases, now, timedelta(seconds=spec.ttl_seconds_after_finished))
+    leased = {lease.owner for lease in leases}
+    found = stuck.find(jobs, refusals, now, len(spec.cascade))
+    returned = {s.job: await stuck.hand_back(queue, s) for s in found if s.job in leased}
+    holds, held_events = stuck.update_holds(
+        stuck.holds_of(previous_status), jobs, found, returned, [p.name for p in spec.pools], now
+    )
+    events += held_events
     oom_killed = 0
     for release in settlement.releases:
         released = await queue.release(release.owner, charge=release.charge, error=release.reason)
@@ -315,8 +235,9 @@ async def reconcile(
             )
         )
     # the API calls of a tick go out together: each is a round trip to the API server
-    await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in settlement.delete_jobs))
-    active = [j for j in jobs if not j.finished]
+    gone = settlement.delete_jobs + [s.job for s in found]
+    await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in gone))
+    active = [j for j in jobs if not j.finished and j.name not in gone]
 
     # (2) schedule
     outcomes = await queue.recent_outcomes(
@@ -332,7 +253,8 @@ async def reconcile(
     groups = await queue.runnable_groups(library, cap=cap)
     allowed = breaker.allowed(now.timestamp())
     claimed_batches: list[tuple[str, BatchPlan, str, int]] = []
-    for batch, pool in plan_batches(spec, groups, active, calibration, allowed):
+    chosen = plan_batches(spec, groups, active, calibration, allowed)
+    for batch, pool in stuck.gate(chosen, holds, active, now):
         owner = job_name(scan.name, f"s{batch.step}c{batch.size_class}-{secrets.token_hex(3)}")
         claimed = await queue.claim(
             library,
@@ -380,6 +302,8 @@ async def reconcile(
     clock = await queue.attempt_clock(library)
     attempts = await queue.attempt_outcomes(library, attempt_clock, clock) if attempt_clock else {}
     counts = await queue.status(library)
+    if counts.pending == 0 and counts.leased == 0:
+        holds = []  # nothing left to run: nothing held back
     before_dead = ((previous_status.get("counts") or {}).get("dead")) or 0
     if counts.dead > before_dead:
         events.append(
@@ -398,5 +322,6 @@ async def reconcile(
         bool(groups),
         previous_status,
         now,
+        holds,
     )
     return Outcome(status, events, created, oom_killed, clock, attempts)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import kubernetes.config
@@ -13,8 +14,20 @@ import pytest
 
 from facescan_devcluster import controlplane
 from facescan_devcluster.controlplane import Cluster
+from facescan_operator.k8s import reconcile as reconcile_module
+from tests.e2e.local.support import copy_samples
 
-from .cluster import ApiError, Kube, rest_path
+from .cluster import CRD_FILE, ApiError, Kube, rest_path
+from .dbproxy import DatabaseProxy
+from .operator_support import (
+    Operator,
+    apply,
+    created_jobs,
+    install,
+    library_claim,
+    secret,
+    validate_jobs,
+)
 
 IMAGES = ("*facescan*", "e2e*")
 """Images the nodes have; any other one is ErrImagePull."""
@@ -72,3 +85,69 @@ def _delete_namespace(kube: Kube) -> None:
             )
             kube.request("PATCH", path, {"metadata": {"finalizers": None}})
     kube.request("DELETE", f"/api/v1/namespaces/{kube.namespace}")
+
+
+# --- the operator's tests ---
+
+
+@pytest.fixture(scope="session")
+def db_proxy(pg_server: object) -> Iterator[DatabaseProxy]:
+    """The test PostgreSQL over TCP on 127.0.0.1, as pods reach a database."""
+    proxy = DatabaseProxy.for_dsn(pg_server.get_uri())  # type: ignore[attr-defined]
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: Cluster) -> None:
+    """`kubectl apply -f crds/`, once per cluster (CRDs are cluster-wide)."""
+    kube = Kube(control_plane, "default", Path(control_plane.dir))
+    kube.kubectl("apply", "-f", str(CRD_FILE.parent))
+    kube.kubectl(
+        "wait", "--for=condition=Established", "crd/facescans.facescan.io", "--timeout=30s"
+    )
+
+
+@pytest.fixture
+def library(cluster: Kube) -> str:
+    """The library name of FaceScan <namespace>/photos."""
+    return f"{cluster.namespace}/photos"
+
+
+@pytest.fixture
+async def operator(
+    cluster: Kube,
+    crds: None,
+    db_proxy: DatabaseProxy,
+    dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Operator]:
+    """The chart installed, the database Secret applied, then the operator with the
+    chart's ServiceAccount (the test starts it). At the end: every Job it created,
+    deleted since or not, is a valid Kubernetes 1.30 Job."""
+    kubeconfig = install(cluster, tmp_path)
+    await apply(cluster, secret(db_proxy.tcp_dsn(dsn)))
+    running = Operator(monkeypatch, cluster.namespace, kubeconfig)
+    try:
+        yield running
+    finally:
+        await running.stop()
+    validate_jobs(created_jobs(cluster))
+
+
+@pytest.fixture
+def photos(cluster: Kube, tmp_path: Path) -> Path:
+    root = tmp_path / "library"
+    copy_samples(root)
+    library_claim(cluster, root)
+    return root
+
+
+@pytest.fixture
+def quick_vanish(monkeypatch: pytest.MonkeyPatch) -> timedelta:
+    """Leases of vanished Jobs are released after 3 s rather than 60 s."""
+    grace = timedelta(seconds=3)
+    monkeypatch.setattr(reconcile_module, "VANISHED_GRACE", grace)
+    return grace

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from facescan_devcluster.controlplane import Cluster
 from facescan_operator.k8s import handlers
-from facescan_operator.k8s import reconcile as reconcile_module
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.repository import Queue
 from tests.e2e.local.support import HOG_FACES, SAMPLES, copy_samples
 
-from .cluster import CRD_FILE, Kube, now
-from .dbproxy import DatabaseProxy
+from .cluster import Kube, now
 from .operator_support import (
     FACESCANS,
     INTERVAL_S,
@@ -44,13 +40,11 @@ from .operator_support import (
     facescan,
     fetch,
     finished,
-    install,
     jobs,
     library_claim,
     phase,
     poll,
     register,
-    secret,
     status,
     validate_jobs,
     when,
@@ -58,69 +52,6 @@ from .operator_support import (
 
 ALL = sorted(HOG_FACES)
 CGROUPS = Path("/sys/fs/cgroup/memory")
-
-
-@pytest.fixture(scope="session")
-def db_proxy(pg_server: object) -> Iterator[DatabaseProxy]:
-    """The test PostgreSQL over TCP on 127.0.0.1, as pods reach a database."""
-    proxy = DatabaseProxy.for_dsn(pg_server.get_uri())  # type: ignore[attr-defined]
-    proxy.start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture(scope="session")
-def crds(control_plane: Cluster) -> None:
-    """`kubectl apply -f crds/`, once per cluster (CRDs are cluster-wide)."""
-    kube = Kube(control_plane, "default", Path(control_plane.dir))
-    kube.kubectl("apply", "-f", str(CRD_FILE.parent))
-    kube.kubectl(
-        "wait", "--for=condition=Established", "crd/facescans.facescan.io", "--timeout=30s"
-    )
-
-
-@pytest.fixture
-def library(cluster: Kube) -> str:
-    """The library name of FaceScan <namespace>/photos."""
-    return f"{cluster.namespace}/photos"
-
-
-@pytest.fixture
-async def operator(
-    cluster: Kube,
-    crds: None,
-    db_proxy: DatabaseProxy,
-    dsn: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Operator]:
-    """The chart installed, the database Secret applied, then the operator with the
-    chart's ServiceAccount (the test starts it). At the end: every Job it created,
-    deleted since or not, is a valid Kubernetes 1.30 Job."""
-    kubeconfig = install(cluster, tmp_path)
-    await apply(cluster, secret(db_proxy.tcp_dsn(dsn)))
-    running = Operator(monkeypatch, cluster.namespace, kubeconfig)
-    try:
-        yield running
-    finally:
-        await running.stop()
-    validate_jobs(created_jobs(cluster))
-
-
-@pytest.fixture
-def photos(cluster: Kube, tmp_path: Path) -> Path:
-    root = tmp_path / "library"
-    copy_samples(root)
-    library_claim(cluster, root)
-    return root
-
-
-@pytest.fixture
-def quick_vanish(monkeypatch: pytest.MonkeyPatch) -> timedelta:
-    """Leases of vanished Jobs are released after 3 s rather than 60 s."""
-    grace = timedelta(seconds=3)
-    monkeypatch.setattr(reconcile_module, "VANISHED_GRACE", grace)
-    return grace
 
 
 async def scanned(cluster: Kube, name: str = "photos", timeout: float = 150) -> Obj:

@@ -1,0 +1,116 @@
+"""The FaceScan's status: a phase, named conditions and counts, from what a tick observed.
+
+Pure; called by reconcile.reconcile at the end of each tick (and re-exported there). The
+handler writes only the keys ``changed`` returns, so a status that did not change is
+not written, and a condition keeps its lastTransitionTime while it does not flip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from facescan_operator.breaker import BreakerState, CircuitBreaker
+from facescan_operator.k8s import stuck
+from facescan_operator.k8s.stuck import Hold
+from facescan_queue.models import QueueStatus
+
+
+def _condition(
+    previous: dict[str, dict[str, Any]],
+    kind: str,
+    on: bool,
+    reason: str,
+    message: str,
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if on else "False"
+    before = previous.get(kind)
+    since = before["lastTransitionTime"] if before and before.get("status") == status else now
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+
+
+def status_of(
+    counts: QueueStatus,
+    active_jobs: int,
+    suspended: bool,
+    breaker: CircuitBreaker,
+    runnable: bool,
+    previous: dict[str, Any],
+    now: datetime,
+    holds: Sequence[Hold] = (),
+) -> dict[str, Any]:
+    """Pure: the FaceScan's status (phase, conditions, counts) from what was observed;
+    ``holds``: where stuck Jobs hold back launching (stuck.py)."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    open_breaker = breaker.state is not BreakerState.CLOSED
+    cause = stuck.degraded((breaker.reason or "breaker open") if open_breaker else None, holds)
+    finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0
+    if suspended:
+        phase = "Suspended"
+    elif counts.images == 0:
+        phase = "Pending"
+    elif open_breaker or any(h.blocking for h in holds):
+        phase = "Degraded"
+    elif finished:
+        phase = "Completed"
+    elif active_jobs or runnable:
+        phase = "Running"
+    else:
+        phase = "Waiting"  # only retries remain, backing off
+    old = {c["type"]: c for c in previous.get("conditions") or ()}
+    conditions = [
+        _condition(
+            old,
+            "Ready",
+            finished and not suspended,
+            "AllImagesSettled" if finished else "ImagesRemaining",
+            f"{counts.done} done, {counts.dead} dead of {counts.images}",
+            stamp,
+        ),
+        _condition(
+            old,
+            "Progressing",
+            active_jobs > 0,
+            "JobsRunning" if active_jobs else "NoJobs",
+            f"{active_jobs} detector Jobs running",
+            stamp,
+        ),
+        _condition(
+            old,
+            "Degraded",
+            cause is not None,
+            cause[0] if cause else "Healthy",
+            cause[1] if cause else "failures are the images' own",
+            stamp,
+        ),
+        _condition(
+            old,
+            "Suspended",
+            suspended,
+            "SpecSuspend" if suspended else "Active",
+            "spec.suspend is set" if suspended else "creating Jobs as needed",
+            stamp,
+        ),
+    ]
+    return {
+        "phase": phase,
+        "progress": f"{counts.done}/{counts.images}",
+        "counts": counts.as_json(),
+        "activeJobs": active_jobs,
+        "breaker": str(breaker.state),
+        "conditions": conditions,
+        "holds": [h.as_json() for h in holds],
+    }
+
+
+def changed(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The top-level status keys whose value differs (what to patch)."""
+    return {k: v for k, v in new.items() if current.get(k) != v}
