@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from facescan_devcluster import build, controlplane
+from facescan_devcluster import build, controlplane, database
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("--dir", type=Path, required=True, help="the cluster's folder")
         if name == "up":
             sub.add_argument(
+                "--postgres",
+                action="store_true",
+                help="also start a PostgreSQL (with pgvector) for the pods on 127.0.0.1, with a "
+                "random password; its URL is written to DIR/database.dsn (mode 0600)",
+            )
+            sub.add_argument(
                 "--image",
                 action="append",
                 dest="images",
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             paths = build.ensure_built()
             print(f"Kubernetes {build.VERSION}: {paths['kube-apiserver'].parent}")
         elif args.command == "up":
-            _up(args.dir, tuple(args.images or controlplane.DEFAULT_IMAGES))
+            _up(args.dir, tuple(args.images or controlplane.DEFAULT_IMAGES), args.postgres)
         elif args.command == "down":
             stopped = controlplane.down(args.dir)
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -59,15 +65,15 @@ def main(argv: list[str] | None = None) -> None:
             from facescan_devcluster import nodeagent
 
             nodeagent.main(args.dir)
-    except (controlplane.ClusterError, build.BuildError) as exc:
+    except (controlplane.ClusterError, build.BuildError, database.DatabaseError) as exc:
         print(f"dev-cluster: {exc}", file=sys.stderr)
         sys.exit(1)
 
 
-def _up(directory: Path, images: tuple[str, ...]) -> None:
+def _up(directory: Path, images: tuple[str, ...], postgres: bool) -> None:
     build.ensure_built()
     started = time.monotonic()
-    cluster = controlplane.up(directory, images=images)
+    cluster = controlplane.up(directory, images=images, postgres=postgres)
     took = time.monotonic() - started
     rss = controlplane.rss_bytes(cluster) / 2**20
     print(
@@ -76,6 +82,8 @@ def _up(directory: Path, images: tuple[str, ...]) -> None:
         file=sys.stderr,
     )
     print(f"export KUBECONFIG={cluster.kubeconfig}")
+    if postgres:  # the password stays in the file
+        print(f'export FACESCAN_DSN="$(cat {cluster.dir / "database.dsn"})"')
 
 
 def _status(directory: Path) -> None:

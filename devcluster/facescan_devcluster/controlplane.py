@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facescan_devcluster import build, pki
+from facescan_devcluster import build, database, pki
 
 ADMIN = "admin"
 NODE_NAMES = ("cpu-node", "gpu-node")
@@ -122,7 +122,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(cluster: Cluster, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+def _start(
+    cluster: Cluster,
+    name: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    **popen: Any,
+) -> None:
     """Start one process in a session of its own, its output in DIR/logs/NAME.log."""
     logs = cluster.dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -135,6 +141,7 @@ def _start(cluster: Cluster, name: str, argv: list[str], env: dict[str, str] | N
             start_new_session=True,  # not killed by the caller's Ctrl-C; `down` stops it
             cwd=cluster.dir,
             env=env,
+            **popen,
         )
     _children[proc.pid] = proc
     cluster.pids[name] = proc.pid
@@ -189,9 +196,11 @@ def up(
     images: tuple[str, ...] = DEFAULT_IMAGES,
     agent_env: dict[str, str] | None = None,
     agent: bool = True,
+    postgres: bool = False,
 ) -> Cluster:
     """Start a dev cluster in ``directory``; return once the API is ready and every Node
-    is Ready. Builds the binaries first if they are not built yet."""
+    is Ready. Builds the binaries first if they are not built yet. With ``postgres``, also
+    a PostgreSQL for its pods on 127.0.0.1 (database.py; its URL in DIR/database.dsn)."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / "cluster.json").exists():
@@ -216,8 +225,14 @@ def up(
     cluster.save()
     try:
         _start_etcd(cluster)
+        if postgres:
+            port = _free_port()
+            argv, run_as, dsn = database.prepare(directory, port)
+            _start(cluster, "postgres", argv, **run_as)
         _start_apiserver(cluster, binaries)
         _wait("kube-apiserver", lambda: cluster.get("/readyz") == "ok", timeout, cluster)
+        if postgres:
+            database.wait_ready(dsn, port, timeout, lambda: alive(cluster, "postgres"))
         for component in ("kube-scheduler", "kube-controller-manager"):
             kubeconfig = directory / f"{component}.kubeconfig"
             argv = [str(binaries[component]), f"--kubeconfig={kubeconfig}", "--leader-elect=false"]
@@ -248,6 +263,8 @@ def up(
     except BaseException:
         down(directory)
         raise
+    if (directory / "database.dsn").exists() and not postgres:
+        (directory / "database.dsn").unlink()  # an earlier up's: nothing serves it now
     return cluster
 
 
@@ -311,7 +328,8 @@ def down(directory: Path, *, grace: float = 10) -> list[str]:
     if not (directory / "cluster.json").exists():
         return []
     cluster = Cluster.load(directory)
-    order = ["node-agent", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"]
+    order = ["node-agent", "kube-controller-manager", "kube-scheduler", "kube-apiserver"]
+    order += ["postgres", "etcd"]
     stopped = []
     for name in order:
         if not alive(cluster, name):
