@@ -36,9 +36,11 @@ log = logging.getLogger("facescan_devcluster.pod")
 Obj = dict[str, Any]
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 RETRY_S = 2.0
-IMAGE_PATHS = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)})
+IMAGE_PATHS = sorted(
+    {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, Path(__file__).parents[2])}
+)
 """What a container sees of the host however private its folders are: the project's
-Python environment (its "image")."""
+Python environment and its sources (an editable install): its "image"."""
 BACKOFF_S, BACKOFF_CAP_S = 10.0, 300.0  # the kubelet's crash-loop back-off
 UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6}
 UNITS |= {"G": 10**9, "T": 10**12, "": 1}
@@ -178,7 +180,7 @@ class PodRunner:
 
     async def _prepare(self) -> Obj | None:
         """The process's spec, once its env and volumes resolve (retried until then)."""
-        resolver = Resolver(self.api, self.pod, self.dir / "volumes")
+        resolver = Resolver(self.api, self.pod, self.dir / "volumes", self.cluster.api_port)
         while True:
             try:
                 return await resolver.launch_spec(self.container)

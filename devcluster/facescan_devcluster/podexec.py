@@ -12,7 +12,6 @@ Any failure exits 128 with a one-line message on stderr (the agent reports Start
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +21,8 @@ from typing import Any
 
 HOST_ENTRIES_SKIPPED = {"lost+found"}
 """Top-level host entries not bound into a container's root."""
+OWN = {"tmp": 0o1777, "run": 0o755}
+"""Top-level folders a container has of its own, empty (an image's), not the host's."""
 
 
 def _mount(*args: str) -> None:
@@ -37,6 +38,9 @@ def _make_root(root: Path, mounts: list[dict[str, Any]], image: list[str]) -> No
         target = root / entry.name
         if entry.is_symlink():
             target.symlink_to(os.readlink(entry))
+        elif entry.name in OWN:
+            target.mkdir()
+            target.chmod(OWN[entry.name])
         elif entry.is_dir() and not entry.stat().st_mode & 0o001:
             target.mkdir(mode=0o755)  # private on the host (/root): only the image's paths
         elif entry.is_dir():
@@ -49,12 +53,12 @@ def _make_root(root: Path, mounts: list[dict[str, Any]], image: list[str]) -> No
             _mount("--bind", str(entry), str(target))
     for path in map(Path, image):  # the "image": the project's environment, readable by all
         top = Path("/", path.parts[1])
-        if top.is_dir() and not top.stat().st_mode & 0o001:
+        if top.name in OWN or (top.is_dir() and not top.stat().st_mode & 0o001):
             target = root / path.relative_to("/")
             target.mkdir(mode=0o755, parents=True, exist_ok=True)
             _mount("--rbind", "-o", "ro", str(path), str(target))
     for mount in mounts:
-        target = root / mount["target"].lstrip("/")
+        target = _inside(root, mount["target"])
         source = Path(mount["source"])
         if source.is_dir():
             target.mkdir(parents=True, exist_ok=True)
@@ -66,12 +70,30 @@ def _make_root(root: Path, mounts: list[dict[str, Any]], image: list[str]) -> No
             _mount("-o", "remount,bind,ro", str(target))
 
 
+def _inside(root: Path, path: str) -> Path:
+    """Where ``path`` of the container is under ``root``: symbolic links followed as the
+    container sees them (/var/run -> /run is root's /run, not the host's)."""
+    parts = [p for p in Path(path).parts if p != "/"]
+    current = root
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        candidate = current / part
+        if candidate.is_symlink() and hops < 40:
+            hops += 1
+            link = os.readlink(candidate)
+            base = root if link.startswith("/") else current
+            parts = [p for p in Path(link).parts if p != "/"] + parts
+            current = base
+            continue
+        current = candidate
+    return current
+
+
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[1]).read_text())
-    if spec.get("errorFile"):  # the container's uid may write its start error there
-        with contextlib.suppress(OSError):
-            Path(spec["errorFile"]).touch(mode=0o666)
-            os.chmod(spec["errorFile"], 0o666)
+    # opened now, written through after the chroot and the uid change; closed by exec
+    errors = os.open(spec["errorFile"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         if spec.get("cgroupProcs"):
             Path(spec["cgroupProcs"]).write_text(str(os.getpid()))
@@ -92,9 +114,7 @@ def main(argv: list[str]) -> None:
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
         message = f"cannot start the container: {detail}"
         print(f"podexec: {message}", file=sys.stderr)
-        if spec.get("errorFile"):
-            with contextlib.suppress(OSError):  # written before the uid changes, or not at all
-                Path(spec["errorFile"]).write_text(message + "\n")
+        os.write(errors, f"{message}\n".encode())
         sys.exit(128)
 
 

@@ -13,6 +13,7 @@ reports as CreateContainerConfigError and retries.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import os
 import re
 import sys
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 Obj = dict[str, Any]
 BASE_PATH = f"{Path(sys.executable).parent}{os.pathsep}/usr/local/bin:/usr/bin:/bin"
 """A container's PATH: the project's environment first (the node has no images)."""
+IMAGE_CONFIG: dict[str, tuple[list[str], list[str], int]] = {
+    "*facescan-operator*": (["facescan"], ["operator"], 10001),
+    "*facescan-detector*": (["facescan-detector"], ["run"], 10001),
+}
+"""ENTRYPOINT, CMD and USER of the project's images (operator/Dockerfile,
+detector_image/Dockerfile): what their containers run when the spec leaves them out."""
 
 
 class ConfigError(Exception):
@@ -51,8 +58,9 @@ def _field(pod: Obj, path: str) -> str:
 
 
 class Resolver:
-    def __init__(self, api: Api, pod: Obj, volume_dir: Path) -> None:
+    def __init__(self, api: Api, pod: Obj, volume_dir: Path, api_port: int) -> None:
         self.api = api
+        self.api_port = api_port
         self.pod = pod
         self.ns = pod["metadata"]["namespace"]
         self.volume_dir = volume_dir
@@ -84,14 +92,21 @@ class Resolver:
 
     async def launch_spec(self, container: Obj) -> Obj:
         env = await self._env(container)
-        argv = [
-            expand(a, env) for a in (container.get("command") or []) + (container.get("args") or [])
-        ]
-        if not container.get("command"):
+        image = container.get("image", "")
+        entrypoint, cmd, image_user = next(
+            (c for pattern, c in IMAGE_CONFIG.items() if fnmatch.fnmatch(image, pattern)),
+            ([], [], None),
+        )
+        # as a runtime: command replaces ENTRYPOINT (and CMD), args replace CMD
+        command = container.get("command") or entrypoint
+        args = container.get("args") or ([] if container.get("command") else cmd)
+        if not command:
             raise ConfigError(
-                "the container has no command: the node agent runs no image entrypoint"
+                f"the container has no command and the node agent knows no entrypoint of "
+                f"image {image!r}"
             )
-        uid, gid, groups = self._identity(container)
+        argv = [expand(a, env) for a in command + args]
+        uid, gid, groups = self._identity(container, image_user)
         mounts = await self._mounts(container, groups)
         return {
             "argv": argv,
@@ -106,6 +121,14 @@ class Resolver:
     async def _env(self, container: Obj) -> dict[str, str]:
         meta = self.pod["metadata"]
         env = {"PATH": BASE_PATH, "HOSTNAME": meta["name"], "HOME": "/"}
+        # a kubelet's variables of the API server's Service; here it is on 127.0.0.1
+        port = str(self.api_port)
+        env |= {
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
+        }
         for source in container.get("envFrom") or ():
             prefix = source.get("prefix", "")
             ref = source.get("configMapRef") or source.get("secretRef") or {}
@@ -137,10 +160,14 @@ class Resolver:
                     )
         return env
 
-    def _identity(self, container: Obj) -> tuple[int | None, int | None, list[int]]:
+    def _identity(
+        self, container: Obj, image_user: int | None
+    ) -> tuple[int | None, int | None, list[int]]:
         pod_ctx = self.pod["spec"].get("securityContext") or {}
         ctx = pod_ctx | (container.get("securityContext") or {})
-        uid, gid = ctx.get("runAsUser"), ctx.get("runAsGroup")
+        uid, gid = ctx.get("runAsUser", image_user), ctx.get("runAsGroup")
+        if uid == image_user and gid is None:
+            gid = image_user
         if ctx.get("runAsNonRoot") and not uid:
             raise ConfigError(
                 "container has runAsNonRoot and image will run as root (pod: runAsUser unset)"

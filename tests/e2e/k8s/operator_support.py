@@ -182,13 +182,13 @@ class Operator:
 # --- installed as a user installs it ---
 
 
-def install(kube: Kube, tmp_path: Path, **values: Any) -> Path:
+def install(kube: Kube, tmp_path: Path, *, operator_pod: bool = False, **values: Any) -> Path:
     """The chart rendered by the Helm SDK (watching the test's namespace only) and applied
-    with kubectl into the namespace (all but the operator's Deployment: the test runs the
-    operator itself, with the Deployment's ServiceAccount), which enforces the
-    `restricted` Pod Security level;
-    returns a kubeconfig with a token of the chart's ServiceAccount (`kubectl create
-    token`), the operator's credentials."""
+    with kubectl into the namespace, which enforces the `restricted` Pod Security level:
+    all of it with ``operator_pod`` (the operator then runs as the Deployment's pod on a
+    node), else all but the Deployment (the test runs the operator itself, with the
+    Deployment's ServiceAccount). Returns a kubeconfig with a token of the chart's
+    ServiceAccount (`kubectl create token`), the operator's credentials."""
     ns = kube.namespace
     kube.request("PATCH", f"/api/v1/namespaces/{ns}", {"metadata": {"labels": RESTRICTED}})
     release = f"{ns}-facescan"
@@ -202,7 +202,7 @@ def install(kube: Kube, tmp_path: Path, **values: Any) -> Path:
         for path, text in sorted(rendered.items())
         if path.endswith(".yaml")
         for doc in yaml.safe_load_all(text)
-        if doc and doc["kind"] != "Deployment"  # the operator runs in the test, as its account
+        if doc and (operator_pod or doc["kind"] != "Deployment")
     ]
     kube.apply(*docs)
     token = kube.kubectl("create", "token", release, "--duration=2h").stdout.strip()

@@ -25,7 +25,8 @@ from facescan_operator.sizing import CalibrationTable
 from facescan_queue.repository import Queue
 from tests.e2e.local.support import HOG_FACES, SAMPLES, copy_samples
 
-from .cluster import Kube, now
+from .cluster import Kube, free_port, now
+from .dbproxy import DatabaseProxy
 from .operator_support import (
     FACESCANS,
     INTERVAL_S,
@@ -40,11 +41,13 @@ from .operator_support import (
     facescan,
     fetch,
     finished,
+    install,
     jobs,
     library_claim,
     phase,
     poll,
     register,
+    secret,
     status,
     validate_jobs,
     when,
@@ -448,3 +451,45 @@ async def test_deleting_the_facescan_after_its_secret_still_deletes_its_jobs(
     assert cluster.get(FACESCANS, "photos") is None
     await poll(lambda: not jobs(cluster, "photos"), 30, "its Jobs to go")
     await poll(lambda: not cluster.running_pods(), 60, "the detector processes to be killed")
+
+
+# --- g) the chart's Deployment: the operator as a pod ---
+
+
+@pytest.mark.slow
+async def test_the_chart_runs_the_operator_as_a_pod_that_scans_a_library(
+    cluster: Kube,
+    crds: None,
+    db_proxy: DatabaseProxy,
+    dsn: str,
+    queue: Queue,
+    photos: Path,
+    library: str,
+    tmp_path: Path,
+) -> None:
+    """As `helm install` does: the whole chart applied into a namespace that enforces
+    `restricted`; the Deployment's pod (admitted by Pod Security) runs `facescan operator`
+    on a node, with its ServiceAccount's mounted token and the API server's CA (in-cluster
+    config); it scans the library with nothing of the test's process in between."""
+    await register(queue, library, photos, ALL)
+    values = {
+        "operator": {"health": {"address": "127.0.0.1", "port": free_port()}},
+        "metrics": {"address": "127.0.0.1", "port": free_port()},
+    }
+    install(cluster, tmp_path, operator_pod=True, **values)
+    await apply(cluster, secret(db_proxy.tcp_dsn(dsn)))
+
+    def operator_pod() -> Obj | None:
+        pods = cluster.objects("v1/pods", labels="app.kubernetes.io/name=facescan-operator")
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        return running[0] if running else None
+
+    pod = await poll(operator_pod, 60, "the operator's pod to run")
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    await apply(cluster, facescan("photos", parallelism=2, batchSize=3))
+    got = await scanned(cluster, timeout=240)
+    assert got["progress"] == "6/6"
+    await assert_everything_found_once(queue, dsn, library)
+    logs = cluster.logs(pod["metadata"]["name"])
+    assert "reconcile_scan" in logs, logs[-2000:]
+    assert "Forbidden" not in logs, logs[-2000:]  # the chart's RBAC is enough
