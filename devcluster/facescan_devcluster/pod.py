@@ -36,8 +36,10 @@ log = logging.getLogger("facescan_devcluster.pod")
 Obj = dict[str, Any]
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 RETRY_S = 2.0
+_ENVIRONMENT = {Path(os.path.realpath(p)) for p in (sys.prefix, sys.base_prefix)}
+_ENVIRONMENT.add(Path(__file__).resolve().parents[2])
 IMAGE_PATHS = sorted(
-    {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, Path(__file__).parents[2])}
+    str(p) for p in _ENVIRONMENT if not any(p != q and p.is_relative_to(q) for q in _ENVIRONMENT)
 )
 """What a container sees of the host however private its folders are: the project's
 Python environment and its sources (an editable install): its "image"."""

@@ -51,14 +51,10 @@ def _make_root(root: Path, mounts: list[dict[str, Any]], image: list[str]) -> No
         elif entry.is_file():
             target.touch()
             _mount("--bind", str(entry), str(target))
-    for path in map(Path, image):  # the "image": the project's environment, readable by all
-        top = Path("/", path.parts[1])
-        if top.name in OWN or (top.is_dir() and not top.stat().st_mode & 0o001):
-            target = root / path.relative_to("/")
-            target.mkdir(mode=0o755, parents=True, exist_ok=True)
-            _mount("--rbind", "-o", "ro", str(path), str(target))
+    targets = []
     for mount in mounts:
         target = _inside(root, mount["target"])
+        targets.append(target)
         source = Path(mount["source"])
         if source.is_dir():
             target.mkdir(parents=True, exist_ok=True)
@@ -68,6 +64,15 @@ def _make_root(root: Path, mounts: list[dict[str, Any]], image: list[str]) -> No
         _mount("--bind", str(source), str(target))
         if mount.get("readOnly"):
             _mount("-o", "remount,bind,ro", str(target))
+    # the "image" (the project's environment, readable by all), last: where a folder of
+    # the host is not shown or a volume covers it (a checkout under /tmp, an emptyDir there)
+    for path in map(Path, image):
+        top = Path("/", path.parts[1])
+        target = root / path.relative_to("/")
+        hidden = top.name in OWN or (top.is_dir() and not top.stat().st_mode & 0o001)
+        if hidden or any(target.is_relative_to(t) for t in targets):
+            target.mkdir(mode=0o755, parents=True, exist_ok=True)
+            _mount("--rbind", "-o", "ro", str(path), str(target))
 
 
 def _inside(root: Path, path: str) -> Path:
