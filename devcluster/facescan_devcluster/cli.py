@@ -92,3 +92,14 @@ def _status(directory: Path) -> None:
         state = "running" if controlplane.alive(cluster, name) else "stopped"
         print(f"{name:<24} pid {pid:<8} {state}")
     print(f"server {cluster.server}; {controlplane.rss_bytes(cluster) / 2**20:.0f} MiB RSS")
+    try:
+        nodes = cluster.get("/api/v1/nodes")["items"]
+    except OSError as exc:
+        print(f"the API server does not answer: {exc}")
+        return
+    for node in nodes:
+        ready = next(
+            (c["status"] for c in node["status"].get("conditions") or () if c["type"] == "Ready"),
+            "Unknown",
+        )
+        print(f"node {node['metadata']['name']:<20} Ready={ready}")
