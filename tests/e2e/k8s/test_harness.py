@@ -390,7 +390,7 @@ async def test_deleting_a_running_job_kills_its_process(cluster: Kube) -> None:
 TERM_AWARE = (
     "import signal, sys, time\n"
     "def term(*_):\n"
-    "    print('SIGTERM', flush=True); sys.exit(143)\n"
+    "    print('SIGTERM', flush=True); time.sleep(1); sys.exit(143)\n"
     "signal.signal(signal.SIGTERM, term)\n"
     "print('started', flush=True)\n"
     "time.sleep(60)\n"
@@ -410,6 +410,11 @@ async def test_an_evicted_pod_gets_sigterm_and_disruption_target(cluster: Kube) 
         "metadata": {"name": name, "namespace": cluster.namespace},
     }
     cluster.request("POST", rest_path("v1/pods", cluster.namespace, name) + "/eviction", eviction)
+    evicting = cluster.get("v1/pods", name)  # still there: the agent is in its grace period
+    assert evicting is not None
+    assert evicting["metadata"]["deletionTimestamp"]
+    disruption = condition(evicting, "DisruptionTarget")
+    assert (disruption["status"], disruption["reason"]) == ("True", "EvictionByEvictionAPI")
 
     done = await cluster.wait_for(lambda: finished(cluster, "victim"), 60, "Job victim")
     assert condition(done, "Failed")["status"] == "True"
