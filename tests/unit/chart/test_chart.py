@@ -180,8 +180,10 @@ def test_health_and_metrics_bind_every_interface_of_the_pod_by_default() -> None
     container = _operator_container({})
     assert "--health-address=0.0.0.0" in container["args"]
     assert "--health-port=8081" in container["args"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert (env["FACESCAN_METRICS_ADDRESS"], env["FACESCAN_METRICS_PORT"]) == ("0.0.0.0", "8080")
+    # kopf's identity is the pod's name, not a passwd lookup of the uid
+    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_the_bind_addresses_and_ports_reach_the_operator() -> None:
@@ -193,7 +195,7 @@ def test_the_bind_addresses_and_ports_reach_the_operator() -> None:
     )
     assert "--health-address=::" in container["args"]
     assert "--health-port=9102" in container["args"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert (env["FACESCAN_METRICS_ADDRESS"], env["FACESCAN_METRICS_PORT"]) == ("10.0.0.7", "9103")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 9102, "metrics": 9103}
