@@ -7,13 +7,16 @@ was being detected), detect with the model of its cascade step, then commit the 
 and start the next image in one transaction. A GPU out-of-memory steps down the
 cascade in-process; a host MemoryError, a hung detection or a dead mount is recorded
 and ends the process, handing the unstarted images back. The lease is heartbeated
-throughout; a database outage is waited out and never charged to an image.
+throughout; a database outage is waited out and never charged to an image. SIGTERM (a pod
+evicted, preempted or deleted, a Ctrl-C's sibling) stops at once and hands the image in
+progress and the rest of the lease back uncharged: it was not the image's fault.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +49,7 @@ EXIT_STARTUP = 2
 EXIT_TIMEOUT = 3
 EXIT_OOM = 4
 EXIT_UNAVAILABLE = 75
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
 
 @dataclass
@@ -70,12 +74,31 @@ class _Stop(Exception):
 
 
 async def run(settings: DetectorSettings, database: DatabaseSettings) -> RunSummary:
-    """Works through the lease ``settings.lease_owner`` until nothing is left."""
+    """Works through the lease ``settings.lease_owner`` until nothing is left, or until
+    SIGTERM, which hands the whole lease back uncharged."""
     queue = await _connect(database, settings.database_retry_s)
     worker = _Worker(settings, queue)
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        if not terminated.is_set():
+            terminated.set()
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
     try:
         return await worker.run()
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        task.uncancel()
+        await worker.stop_tasks()  # no heartbeat or prefetch inside a queue call now
+        await worker.terminated()
+        return worker.summary
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         await worker.stop_tasks()
         worker.close()
         await queue.close()
@@ -351,6 +374,14 @@ class _Worker:
         )
         self.summary.failed += 1
         log.warning("%s: %s -> %s (step %d)", image.path, message, outcome.state, outcome.step)
+
+    async def terminated(self) -> None:
+        """SIGTERM: the lease back to the queue, the image in progress uncharged; a
+        detection still running in its thread is left behind (the process exits)."""
+        self.summary.exit_code = EXIT_TERMINATED
+        self.summary.reason = "terminated (SIGTERM): the lease handed back uncharged"
+        self.summary.abandoned_thread = True
+        await self._hand_back()
 
     async def _hand_back(self) -> None:
         """Ends the lease, returning its unstarted images (if any) to the queue untouched."""

@@ -3,7 +3,8 @@
 Called by the operator's apply step. The Job runs `facescan-detector run` with the Job
 contract in its environment (lease owner = the Job's name), a memory request and limit
 from right-sizing, on the node pool that serves the batch's model, non-root with a
-read-only root filesystem. Retries are the operator's business: backoffLimit 0.
+read-only root filesystem. Retries are the operator's business: backoffLimit 0, but a
+disruption (DisruptionTarget) is ignored by the Job's podFailurePolicy.
 """
 
 from __future__ import annotations
@@ -160,6 +161,17 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         pod_spec["tolerations"] = [dict(t) for t in pool.tolerations]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
+        # A pod preempted, evicted or lost with its node is not a failure: its detector
+        # hands the lease back on SIGTERM, and the Job gets a new pod, which finds what
+        # is left (nothing, then it ends at once) without using up the backoff limit.
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                }
+            ]
+        },
         # The operator deletes a finished Job ttlSecondsAfterFinished after it has read how
         # its pod ended; Kubernetes' own TTL is only a backstop for an operator that is
         # gone, late enough never to delete a Job before the operator has settled it (an

@@ -279,13 +279,65 @@ async def test_a_job_deleted_mid_scan_loses_nothing(
     assert held  # and every one of them is done now (above)
     rows = [r for r in await attempts(dsn) if r["worker"] == victim]
     ended = [r for r in rows if r["outcome"] != "done"]
-    # the image it was on when deleted was charged crash (its pod is gone without a word);
-    # the ones it had not started went back untouched
+    # its pod got SIGTERM: the image it was on went back uncharged (deleting a Job is not
+    # the image's fault), the ones it had not started went back untouched
     assert len(ended) <= 1, ended
     for row in ended:
-        assert (row["outcome"], row["error_type"]) == ("failed", "crash"), dict(row)
-        assert "vanished" in row["error"], dict(row)
+        assert (row["outcome"], row["error_type"]) == ("released", None), dict(row)
+    assert await fetch(dsn, "SELECT * FROM facescan.failures") == []
     assert [j["metadata"]["name"] for j in created_jobs(cluster)].count(victim) == 1
+
+
+@pytest.mark.slow
+async def test_a_pod_evicted_mid_image_charges_nothing_and_loses_nothing(
+    cluster: Kube,
+    operator: Operator,
+    queue: Queue,
+    photos: Path,
+    dsn: str,
+    library: str,
+) -> None:
+    """The Eviction API (a node drained, a spot node reclaimed): the pod gets
+    DisruptionTarget and SIGTERM; its detector hands the lease back uncharged; the Job's
+    podFailurePolicy ignores the disruption (no failed Job); every image is detected once
+    in the end."""
+    await register(queue, library, photos, ALL)
+    await operator.start()
+    await apply(cluster, facescan("photos", parallelism=1, batchSize=6))
+
+    async def in_progress() -> Obj | None:
+        rows = await fetch(dsn, "SELECT worker FROM facescan.attempts WHERE finished_at IS NULL")
+        workers = {r["worker"] for r in rows}
+        pods = cluster.objects("v1/pods")
+        return next(
+            (
+                p
+                for p in pods
+                if p["metadata"]["labels"].get("job-name") in workers
+                and p["status"].get("phase") == "Running"
+            ),
+            None,
+        )
+
+    pod = await poll(in_progress, 90, "a detector pod with an image in progress")
+    victim, job = pod["metadata"]["name"], pod["metadata"]["labels"]["job-name"]
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": victim}}
+    cluster.request(
+        "POST", f"/api/v1/namespaces/{cluster.namespace}/pods/{victim}/eviction", eviction
+    )
+
+    await scanned(cluster)
+    await assert_everything_found_once(queue, dsn, library)
+    rows = await attempts(dsn)
+    assert {(r["outcome"], r["error_type"]) for r in rows} <= {("done", None), ("released", None)}
+    assert [r for r in rows if r["worker"] == job and r["outcome"] == "released"]
+    assert await fetch(dsn, "SELECT * FROM facescan.failures") == []
+    for path in ALL:
+        assert (await queue.image(library, path))["attempts"] == 0
+    # the Job did not fail for it (its podFailurePolicy ignores disruptions); the operator,
+    # which saw the disruption, deleted it as it ended
+    failed = events(cluster, "BackoffLimitExceeded")
+    assert [e for e in failed if e["involvedObject"]["name"] == job] == []
 
 
 # --- d) an operator restart mid-scan ---

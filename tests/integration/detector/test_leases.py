@@ -4,6 +4,7 @@ processes the images."""
 
 from __future__ import annotations
 
+import signal
 from datetime import datetime
 from pathlib import Path
 
@@ -88,3 +89,31 @@ async def test_lease_released_mid_batch_ends_the_run_and_nothing_is_committed_af
     assert states.count("done") == len(done_at_release)
     assert states.count("pending") == len(paths) - len(done_at_release)
     assert await db.fetchval("SELECT count(*) FROM facescan.failures") == 0
+
+
+async def test_sigterm_hands_the_lease_back_uncharged_and_exits_143(
+    hog_queue: Queue, db: asyncpg.Connection, dsn: str, root: Path
+) -> None:
+    """A pod evicted, preempted or deleted: the image in progress and the rest of the
+    batch go back to the queue, no attempt charged; what was committed stays."""
+    paths: list[str] = []
+    for i in range(12):
+        paths += copy_samples(root, ["group_t1.jpg"], prefix=f"roll{i:02d}/")
+    await register_and_claim(hog_queue, paths, "job-a")
+    process = await start_detector(dsn, "job-a", root)
+    await wait_for_detections(db, 1)
+    process.send_signal(signal.SIGTERM)
+    run = await finish(process, timeout=30)
+
+    assert run.returncode == 143, run.stderr
+    assert run.summary["reason"] == "terminated (SIGTERM): the lease handed back uncharged"
+    history = await db.fetch("SELECT outcome::text AS o, error_type FROM facescan.attempts")
+    assert {r["o"] for r in history} <= {"done", "released"}
+    assert all(r["error_type"] is None for r in history)
+    assert await db.fetchval("SELECT count(*) FROM facescan.failures") == 0
+    images = await images_by_path(db)
+    done = [p for p, r in images.items() if r["state"] == "done"]
+    assert 1 <= len(done) < 12
+    assert {r["state"] for p, r in images.items() if p not in done} == {"pending"}
+    assert {r["lease_owner"] for r in images.values()} == {None}
+    assert await db.fetchval("SELECT count(*) FROM facescan.leases") == 0

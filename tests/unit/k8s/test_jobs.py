@@ -72,6 +72,16 @@ def test_job_carries_the_job_contract_and_retries_nothing_itself() -> None:
     assert "value" not in env["FACESCAN_DSN"]  # the URL never appears in the manifest
 
 
+def test_a_disrupted_pod_does_not_fail_its_job() -> None:
+    """Preemption, eviction, a lost node (DisruptionTarget): ignored, not a failure."""
+    job = build_detector_job(SCAN, spec(), batch())
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+
+
 def test_memory_request_and_limit_come_from_right_sizing() -> None:
     container = build_detector_job(SCAN, spec(), batch(memory=1536 * 2**20))["spec"]["template"][
         "spec"
