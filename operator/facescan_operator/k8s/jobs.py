@@ -133,6 +133,9 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
             "runAsUser": DETECTOR_UID,
             "runAsGroup": DETECTOR_UID,
             "fsGroup": DETECTOR_UID,
+            # a library of millions of files: chown them only if the volume's root is not
+            # the group's already, not at every pod's start
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [

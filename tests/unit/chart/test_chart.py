@@ -228,6 +228,8 @@ def test_no_secret_and_no_password_is_rendered(values: dict[str, Any]) -> None:
 
 def test_the_example_facescan_uses_the_pools_the_queue_and_the_secret() -> None:
     (scan,) = of_kind(render(GPU_AND_CPU), "FaceScan")
+    # helm uninstall keeps it rather than leave it Terminating without its operator
+    assert scan["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     spec = scan["spec"]
     assert spec["database"] == {"secretName": "photos-db", "key": "url"}
     assert [p["name"] for p in spec["nodePools"]] == ["gpu", "cpu"]

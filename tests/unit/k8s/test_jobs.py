@@ -72,6 +72,11 @@ def test_job_carries_the_job_contract_and_retries_nothing_itself() -> None:
     assert "value" not in env["FACESCAN_DSN"]  # the URL never appears in the manifest
 
 
+def test_a_large_library_is_not_chowned_at_every_start() -> None:
+    pod = build_detector_job(SCAN, spec(), batch())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+
+
 def test_a_disrupted_pod_does_not_fail_its_job() -> None:
     """Preemption, eviction, a lost node (DisruptionTarget): ignored, not a failure."""
     job = build_detector_job(SCAN, spec(), batch())
