@@ -24,6 +24,7 @@ from facescan_operator.k8s.jobs import ScanRef, scan_labels
 from facescan_operator.k8s.kube import ClusterApi, SecretError
 from facescan_operator.k8s.reconcile import changed, reconcile
 from facescan_operator.k8s.spec import GROUP, PLURAL, VERSION, FaceScanSpec
+from facescan_operator.k8s.status import with_generation
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.errors import DatabaseUnavailable, QueueError
 from facescan_queue.migrate import migrate
@@ -169,7 +170,8 @@ async def reconcile_scan(
         if outcome.attempt_clock is not None:
             _clocks[uid] = outcome.attempt_clock
         metrics.RECONCILE_SECONDS.labels(namespace, name).observe(time.monotonic() - started)
-    for key, value in changed(dict(status), outcome.status).items():
+    generation = (body.get("metadata") or {}).get("generation")
+    for key, value in changed(dict(status), with_generation(outcome.status, generation)).items():
         patch.status[key] = value
     for kind, reason, message in outcome.events:
         (kopf.warn if kind == "Warning" else kopf.info)(body, reason=reason, message=message)

@@ -114,3 +114,13 @@ def status_of(
 def changed(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The top-level status keys whose value differs (what to patch)."""
     return {k: v for k, v in new.items() if current.get(k) != v}
+
+
+def with_generation(status: dict[str, Any], generation: int | None) -> dict[str, Any]:
+    """Pure: the status marked with the spec generation it was computed from
+    (``observedGeneration`` on the status and on each condition), as `kubectl wait` and
+    GitOps tools read it."""
+    if generation is None:
+        return status
+    conditions = [c | {"observedGeneration": generation} for c in status.get("conditions") or ()]
+    return status | {"observedGeneration": generation, "conditions": conditions}

@@ -111,6 +111,7 @@ async def test_a_library_is_scanned_to_completion(
 
     got = status(cluster, "photos")
     assert got["progress"] == "6/6"
+    assert got["observedGeneration"] == cluster.get(FACESCANS, "photos")["metadata"]["generation"]
     assert got["counts"]["faces"] == sum(HOG_FACES.values()) == 11
     assert got["activeJobs"] == 0
     conditions = {c["type"]: c for c in got["conditions"]}

@@ -10,6 +10,7 @@ from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s.observe import JobOutcome, JobView, parse_quantity, view_jobs
 from facescan_operator.k8s.reconcile import changed, plan_batches, settle, status_of
 from facescan_operator.k8s.spec import FaceScanSpec
+from facescan_operator.k8s.status import with_generation
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.models import GroupCount, LeaseInfo, QueueStatus, RecentOutcomes
 from facescan_queue.types import ErrorType
@@ -247,3 +248,13 @@ def test_status_is_written_only_when_it_changed() -> None:
     assert changed(first, later) == {}  # lastTransitionTime kept while nothing flips
     more = status_of(counts(images=10, done=3, pending=7), 1, False, closed, True, first, NOW)
     assert set(changed(first, more)) == {"progress", "counts", "conditions"}
+
+
+def test_status_and_conditions_carry_the_generation_they_were_computed_from() -> None:
+    counts = QueueStatus(images=2, done=2, faces=3)
+    status = status_of(counts, 0, False, CircuitBreaker(), False, {}, datetime.now(UTC))
+    marked = with_generation(status, 7)
+    assert marked["observedGeneration"] == 7
+    assert {c["observedGeneration"] for c in marked["conditions"]} == {7}
+    assert "observedGeneration" not in status  # the value it was given is left as it was
+    assert with_generation(status, None) == status
