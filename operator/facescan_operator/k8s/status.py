@@ -124,3 +124,16 @@ def with_generation(status: dict[str, Any], generation: int | None) -> dict[str,
         return status
     conditions = [c | {"observedGeneration": generation} for c in status.get("conditions") or ()]
     return status | {"observedGeneration": generation, "conditions": conditions}
+
+
+def unreachable(
+    previous: dict[str, Any], reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    """Pure: the status of a FaceScan whose database cannot be reached (or whose Secret
+    cannot be read): phase Degraded, the Degraded condition with the reason, the other
+    conditions and the counts as they were."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = {c["type"]: c for c in previous.get("conditions") or ()}
+    degraded = _condition(old, "Degraded", True, reason, message, stamp)
+    kept = [c for c in previous.get("conditions") or () if c.get("type") != "Degraded"]
+    return {"phase": "Degraded", "conditions": [*kept, degraded]}

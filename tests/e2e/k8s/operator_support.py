@@ -86,6 +86,8 @@ class Operator:
     namespace: str
     kubeconfig: Path
     """The chart's ServiceAccount's credentials: what the operator may do, and no more."""
+    health_port: int | None = None
+    """Where kopf serves its liveness endpoint (/healthz), if anywhere."""
     ticks: list[Tick] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -128,6 +130,9 @@ class Operator:
                     registry=kopf.get_default_registry(),
                     namespaces=[self.namespace],
                     standalone=True,
+                    liveness_endpoint=(
+                        f"http://127.0.0.1:{self.health_port}/healthz" if self.health_port else None
+                    ),
                     stop_flag=self._stop,
                     ready_flag=ready,
                 )
@@ -174,6 +179,10 @@ class Operator:
         handlers._locks.clear()
         handlers._queues.clear()
         handlers._clocks.clear()
+        handlers._dsns.clear()
+        handlers._ticks.clear()
+        handlers._invalid.clear()
+        handlers._unreachable.clear()
 
     def ticks_since(self, when: datetime) -> list[Tick]:
         return [t for t in self.ticks if t.at >= when]

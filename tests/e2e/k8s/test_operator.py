@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -546,3 +547,53 @@ async def test_the_chart_runs_the_operator_as_a_pod_that_scans_a_library(
     logs = cluster.logs(pod["metadata"]["name"])
     assert "reconcile_scan" in logs, logs[-2000:]
     assert "Forbidden" not in logs, logs[-2000:]  # the chart's RBAC is enough
+
+
+# --- h) one FaceScan's database out of reach ---
+
+
+@pytest.mark.slow
+async def test_one_facescan_s_database_outage_leaves_the_others_and_the_operator_alone(
+    cluster: Kube,
+    operator: Operator,
+    queue: Queue,
+    photos: Path,
+    dsn: str,
+    library: str,
+    db_proxy: DatabaseProxy,
+) -> None:
+    """A second FaceScan whose database refuses connections: it says so on itself
+    (Degraded DatabaseUnavailable, one Warning Event), the first one is scanned to the
+    end, and the operator's liveness endpoint answers 200 all along (no restart)."""
+    await register(queue, library, photos, ALL)
+    both = secret(db_proxy.tcp_dsn(dsn))
+    both["stringData"] = {"broken": "postgresql://nobody@127.0.0.1:1/nowhere"}
+    await apply(cluster, both)
+    operator.health_port = free_port()
+    await operator.start()
+    broken = facescan("broken", parallelism=1)
+    broken["spec"]["database"] = {"secretName": "facescan-db", "key": "broken"}
+    await apply(cluster, broken, facescan("photos", parallelism=2, batchSize=3))
+
+    healthy: list[int] = []
+
+    async def live() -> bool:
+        url = f"http://127.0.0.1:{operator.health_port}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: ASYNC210
+            healthy.append(reply.status)
+        return phase(cluster, "photos") == "Completed"
+
+    await poll(live, 150, "photos to complete while broken is down", every=1)
+    await assert_everything_found_once(queue, dsn, library)
+    assert set(healthy) == {200}
+    got = status(cluster, "broken")
+    (degraded,) = [c for c in got["conditions"] if c["type"] == "Degraded"]
+    assert (got["phase"], degraded["status"]) == ("Degraded", "True")
+    assert degraded["reason"] == "DatabaseUnavailable"
+    warned = [
+        e for e in events(cluster, "DatabaseUnavailable") if e["involvedObject"]["name"] == "broken"
+    ]
+    assert len(warned) == 1  # not one per tick
+    assert not [
+        e for e in events(cluster, "DatabaseUnavailable") if e["involvedObject"]["name"] == "photos"
+    ]

@@ -10,7 +10,7 @@ from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s.observe import JobOutcome, JobView, parse_quantity, view_jobs
 from facescan_operator.k8s.reconcile import changed, plan_batches, settle, status_of
 from facescan_operator.k8s.spec import FaceScanSpec
-from facescan_operator.k8s.status import with_generation
+from facescan_operator.k8s.status import unreachable, with_generation
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.models import GroupCount, LeaseInfo, QueueStatus, RecentOutcomes
 from facescan_queue.types import ErrorType
@@ -258,3 +258,19 @@ def test_status_and_conditions_carry_the_generation_they_were_computed_from() ->
     assert {c["observedGeneration"] for c in marked["conditions"]} == {7}
     assert "observedGeneration" not in status  # the value it was given is left as it was
     assert with_generation(status, None) == status
+
+
+def test_a_database_out_of_reach_degrades_only_that_facescan_s_status() -> None:
+    now = datetime.now(UTC)
+    counts = QueueStatus(images=4, done=2, pending=2, faces=3)
+    before = status_of(counts, 1, False, CircuitBreaker(), True, {}, now)
+    after = unreachable(before, "DatabaseUnavailable", "connection refused", now)
+    assert after["phase"] == "Degraded"
+    conditions = {c["type"]: c for c in after["conditions"]}
+    degraded = conditions["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "DatabaseUnavailable")
+    assert degraded["message"] == "connection refused"
+    assert conditions["Ready"] == {c["type"]: c for c in before["conditions"]}["Ready"]
+    assert "counts" not in after  # the last counts read stay as they were
+    again = unreachable(before | after, "DatabaseUnavailable", "connection refused", now)
+    assert again["conditions"] == after["conditions"]  # nothing to patch, no new Event
