@@ -1,11 +1,13 @@
 """Starts and stops a dev cluster's processes: etcd, kube-apiserver, kube-scheduler,
-kube-controller-manager and the node agent, on 127.0.0.1, with their state in one folder.
+kube-controller-manager, the node agent and (``--postgres``) a PostgreSQL, on 127.0.0.1,
+with their state in one folder.
 
-Called by ``scripts/dev-cluster up|down`` (cli.py) and by the e2e tests' fixtures. The
-folder holds the PKI, the kubeconfigs (``admin.kubeconfig``: system:masters), each
-process's log and pid file, the API server's audit log of what it was asked to create, and
-``cluster.json`` (ports, node names, pids). ``down`` stops by PID only processes whose
-command line is still the one it started.
+Called by ``scripts/dev-cluster up|down`` (cli.py), the e2e tests' fixtures and the
+reconcile benchmark. The folder holds the PKI and tokens, a kubeconfig per user
+(``admin.kubeconfig``: system:masters), each process's log in logs/, the API server's
+audit log of what it was asked to create, the pods' folders, and ``cluster.json`` (ports,
+nodes, pids). ``down`` stops by PID only processes whose command line is still the one it
+started.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import fnmatch
 import json
 import logging
@@ -245,21 +246,27 @@ class Node:
         await self.api.watch("/api/v1/pods", f"fieldSelector={selector}", self.on_pod)
 
     async def on_pod(self, kind: str, pod: Obj) -> None:
-        uid = pod["metadata"]["uid"]
+        meta = pod["metadata"]
+        uid = meta["uid"]
         runner = self.pods.get(uid)
-        if kind == "DELETED":
+        if kind == "DELETED":  # kept until now: a late event must not start it again
             if runner is not None:
-                runner.removed()
+                self.pods.pop(uid).removed()
             return
         if runner is None:
             phase = (pod.get("status") or {}).get("phase")
-            if phase in ("Succeeded", "Failed"):
-                return  # ended before this agent started
+            if phase in ("Succeeded", "Failed"):  # ended before this agent started
+                if meta.get("deletionTimestamp"):  # a kubelet's last word on it
+                    body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+                    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+                    with contextlib.suppress(ApiError):
+                        await self.api.call("DELETE", path, body)
+                return
             image = pod["spec"]["containers"][0].get("image", "")
             have = any(fnmatch.fnmatch(image, pattern) for pattern in self.images)
             runner = PodRunner(pod, self.api, self.cluster, have_image=have)
             self.pods[uid] = runner
-            runner.start(on_exit=lambda: self.pods.pop(uid, None))
+            runner.start()
             if phase == "Running":  # it ran under an agent that is gone: not any more
                 runner.lost()
         runner.update(pod)
@@ -269,8 +276,6 @@ class Node:
 
 
 def _now(micro: bool = False) -> str:
-    import datetime
-
     stamp = datetime.datetime.now(datetime.UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 

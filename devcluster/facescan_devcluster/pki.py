@@ -73,7 +73,7 @@ def make_users(names: dict[str, tuple[str, ...]]) -> list[User]:
 def write_token_file(path: Path, users: list[User]) -> None:
     """The API server's --token-auth-file: token,user,uid,"group1,group2"."""
     lines = [f'{u.token},{u.name},{u.name},"{",".join(u.groups)}"' for u in users]
-    _write_private(path, "\n".join(lines) + "\n")
+    write_private(path, "\n".join(lines) + "\n")
 
 
 def kubeconfig(server: str, ca: Path, user: User, namespace: str = "default") -> str:
@@ -90,10 +90,7 @@ def kubeconfig(server: str, ca: Path, user: User, namespace: str = "default") ->
 
 
 def write_private(path: Path, text: str) -> None:
-    _write_private(path, text)
-
-
-def _write_private(path: Path, text: str) -> None:
+    """A file only its owner may read (a token, a kubeconfig)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)

@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +91,7 @@ class PodRunner:
         return f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status"
 
     # --- events from the node's watch ---
-    def start(self, on_exit: Callable[[], object]) -> None:
+    def start(self) -> None:
         async def main() -> None:
             try:
                 await self._main()
@@ -105,7 +104,6 @@ class PodRunner:
                     await self._finalize()
 
         self._task = asyncio.create_task(main())
-        self._on_exit = on_exit
 
     def update(self, pod: Obj) -> None:
         self.pod = pod
@@ -358,4 +356,3 @@ class PodRunner:
             await asyncio.sleep(0.02)
         with contextlib.suppress(OSError):  # the root's mount point: empty on the host
             (self.dir / "root").rmdir()
-        self._on_exit()
