@@ -187,6 +187,31 @@ class Kube:
                 found.append(event["requestObject"])
         return found
 
+    def claim(self, host: Path, name: str, *, mode: str) -> None:
+        """A PersistentVolume over a host folder (as a user's NFS or CSI volume is, to
+        the node agent) bound to a PersistentVolumeClaim ``name`` in the namespace."""
+        volume = f"{self.namespace}-{name}"
+        spec = {"accessModes": [mode], "storageClassName": ""}
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": spec
+            | {
+                "capacity": {"storage": "1Gi"},
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(host), "type": "Directory"},
+                "claimRef": {"namespace": self.namespace, "name": name},
+            },
+        }
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name},
+            "spec": spec | {"volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}},
+        }
+        self.apply(pv, pvc)
+
     def api_client(self) -> Any:
         """A kubernetes.client.ApiClient on this cluster (without touching global config)."""
         from kubernetes import config

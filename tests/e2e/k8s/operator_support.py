@@ -229,34 +229,8 @@ def install(kube: Kube, tmp_path: Path, *, operator_pod: bool = False, **values:
 
 
 def library_claim(kube: Kube, root: Path, name: str = CLAIM) -> None:
-    """The photo library as a user's NFS or CSI volume: a PersistentVolume over the host
-    folder, bound to a PersistentVolumeClaim in the test's namespace."""
-    pv_name = f"{kube.namespace}-{name}"
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": pv_name},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "hostPath": {"path": str(root), "type": "Directory"},
-            "claimRef": {"namespace": kube.namespace, "name": name},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "volumeName": pv_name,
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    kube.apply(pv, pvc)
+    """The photo library as a user's NFS or CSI volume (read-only for the detectors)."""
+    kube.claim(root, name, mode="ReadOnlyMany")
 
 
 def secret(dsn: str) -> Obj:

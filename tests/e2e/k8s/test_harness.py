@@ -262,35 +262,6 @@ def test_the_api_server_refuses_a_bad_facescan_with_a_clear_message(crd: Kube, c
 # --- pods on the node agent ---
 
 
-def _library(kube: Kube, host: Path, name: str = "photos") -> None:
-    """A PersistentVolume over a host folder and its claim, as an NFS or CSI volume is."""
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{kube.namespace}-{name}"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "hostPath": {"path": str(host), "type": "Directory"},
-            "claimRef": {"namespace": kube.namespace, "name": name},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "volumeName": pv["metadata"]["name"],
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    kube.apply(pv, pvc)
-
-
 async def test_a_job_runs_as_its_user_with_its_volumes(cluster: Kube, tmp_path: Path) -> None:
     """A PVC's host folder at the container's mountPath (a path the host does not have),
     an emptyDir, the pod's uid and groups; labels and owner as a Job controller sets them."""
@@ -298,7 +269,7 @@ async def test_a_job_runs_as_its_user_with_its_volumes(cluster: Kube, tmp_path: 
     shared.mkdir()
     shared.chmod(0o777)
     (shared / "in.txt").write_text("photo")
-    _library(cluster, shared)
+    cluster.claim(shared, "photos", mode="ReadWriteMany")
     code = (
         "import os; print(os.getuid(), os.getgid(), sorted(os.getgroups()));"
         "print(open('/data/in.txt').read()); open('/data/out.txt', 'w').write('x');"
