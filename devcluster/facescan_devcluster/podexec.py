@@ -105,6 +105,8 @@ def main(argv: list[str]) -> None:
         if spec.get("root"):
             _make_root(Path(spec["root"]), spec.get("mounts") or [], spec.get("image") or [])
             os.chroot(spec["root"])
+        elif any(m["source"] != m["target"] for m in spec.get("mounts") or ()):
+            raise OSError("volumes at their mountPaths need a node agent run as root")
         os.chdir(spec.get("workingDir") or "/")
         gid, uid = spec.get("gid"), spec.get("uid")
         if gid is not None or spec.get("groups"):
