@@ -371,10 +371,14 @@ def operator(
     peering: Annotated[
         str | None,
         typer.Option(
-            help="kopf peering name, to run several "
-            "replicas safely (one active) (default: standalone)."
+            help="kopf peering name (default: standalone): of the operators in one peering, "
+            "only the one of highest --priority reconciles, the others wait; e.g. one run "
+            "by hand next to the cluster's."
         ),
     ] = None,
+    priority: Annotated[
+        int, typer.Option(help="This operator's priority in its peering (the highest runs).")
+    ] = 0,
     log_level: Annotated[
         LogLevel,
         typer.Option(envvar="FACESCAN_LOG_LEVEL", show_envvar=True, help="Least level logged."),
@@ -398,6 +402,7 @@ def operator(
         namespaces=namespace or (),
         standalone=peering is None,
         peering_name=peering,
+        priority=priority,
         liveness_endpoint=liveness_endpoint(health_address, health_port),
     )
 

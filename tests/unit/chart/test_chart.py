@@ -37,7 +37,7 @@ GPU_AND_CPU = {
     "metrics": {"serviceMonitor": {"enabled": True}},
     "exampleScan": {"enabled": True, "claimName": "family-photos"},
     "peering": {"enabled": True},
-    "operator": {"replicas": 2},
+    "operator": {"replicas": 1},
 }
 VALUES = {"defaults": {}, "gpu-and-cpu-pools": GPU_AND_CPU}
 
@@ -256,6 +256,7 @@ def test_image_tags_follow_the_app_version() -> None:
     [
         {"unknown": 1},
         {"operator": {"replicas": "two"}},
+        {"operator": {"replicas": 2}},  # one replica: README "One operator replica"
         {"nodePools": [{"name": "x"}]},
         {"metrics": {"port": 80}},
         {"metrics": {"address": "everywhere"}},
