@@ -72,8 +72,9 @@ def cluster(
 
 
 def _delete_namespace(kube: Kube) -> None:
-    """Delete the namespace and everything in it; FaceScans left with the operator's
-    finalizer (the operator is stopped by now) are let go first."""
+    """Delete the namespace and everything in it, and the test's PersistentVolumes;
+    FaceScans left with the operator's finalizer (the operator is stopped by now) are let
+    go first."""
     try:
         scans = kube.objects("facescan.io/v1alpha1/facescans")
     except ApiError:
@@ -85,6 +86,9 @@ def _delete_namespace(kube: Kube) -> None:
             )
             kube.request("PATCH", path, {"metadata": {"finalizers": None}})
     kube.request("DELETE", f"/api/v1/namespaces/{kube.namespace}")
+    for volume in kube.objects("v1/persistentvolumes", None):  # cluster-wide, kept (Retain)
+        if (volume["spec"].get("claimRef") or {}).get("namespace") == kube.namespace:
+            kube.request("DELETE", f"/api/v1/persistentvolumes/{volume['metadata']['name']}")
 
 
 # --- the operator's tests ---
