@@ -366,7 +366,13 @@ def operator(
         ),
     ] = "0.0.0.0",
     health_port: Annotated[
-        int, typer.Option(min=1, max=65535, help="Port of the liveness/readiness endpoint.")
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port of the liveness/readiness endpoint (0: none, for an operator run by "
+            "hand that nothing probes).",
+        ),
     ] = 8081,
     peering: Annotated[
         str | None,
@@ -403,7 +409,7 @@ def operator(
         standalone=peering is None,
         peering_name=peering,
         priority=priority,
-        liveness_endpoint=liveness_endpoint(health_address, health_port),
+        liveness_endpoint=liveness_endpoint(health_address, health_port) if health_port else None,
     )
 
 

@@ -43,13 +43,17 @@ def test_the_readme_scans_the_samples_on_a_local_control_plane(tmp_path: Path) -
         start_new_session=True,
     )
     try:
-        output, _ = proc.communicate(timeout=900)
+        output, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        output = f"(timed out) {exc.output!r}"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)  # the operator, if the lines stopped early
         controlplane.down(where)
         proc.wait()
-    assert proc.returncode == 0, output
+    log = where / "operator.log"
+    operator_log = log.read_text()[-3000:] if log.exists() else ""
+    assert proc.returncode == 0, f"{output}\noperator.log:\n{operator_log}"
     table = output[output.index("NAME") :].split()
     assert table[7:12] == ["family-photos", "Completed", "6/6", "11", "0"], output
     assert "password" not in output.lower()

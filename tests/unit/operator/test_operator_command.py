@@ -46,6 +46,11 @@ def test_the_health_endpoint_binds_the_address_and_port_given(
     assert (parts.hostname, parts.port) == (address, 9100)
 
 
+def test_health_port_0_serves_no_liveness_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = _run_operator(monkeypatch, "--health-port", "0")
+    assert ran["liveness_endpoint"] is None
+
+
 def test_a_health_port_out_of_range_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli.app, ["operator", "--health-port", "70000"])
     assert result.exit_code == 2
