@@ -118,7 +118,8 @@ class Cluster:
         return json.loads(body) if body.startswith("{") else body
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -210,7 +211,7 @@ def up(
         if any(alive(old, name) for name in old.pids):
             raise ClusterError(f"a dev cluster already runs in {directory} (down it first)")
     binaries = build.ensure_built()
-    cluster = Cluster(directory, build.VERSION, _free_port(), _free_port())
+    cluster = Cluster(directory, build.VERSION, free_port(), free_port())
     cluster.cgroup_prefix = f"facescan-devcluster-{cluster.api_port}"
     cluster.images = images
     pki_dir = directory / "pki"
@@ -228,7 +229,7 @@ def up(
     try:
         _start_etcd(cluster)
         if postgres:
-            port = _free_port()
+            port = free_port()
             argv, run_as, dsn = database.prepare(directory, port)
             _start(cluster, "postgres", argv, **run_as)
         _start_apiserver(cluster, binaries)
@@ -242,7 +243,7 @@ def up(
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
             ]
-            argv += ["--bind-address=127.0.0.1", f"--secure-port={_free_port()}"]
+            argv += ["--bind-address=127.0.0.1", f"--secure-port={free_port()}"]
             if component == "kube-controller-manager":
                 argv += [
                     "--use-service-account-credentials=true",
@@ -278,7 +279,7 @@ def _start_etcd(cluster: Cluster) -> None:
         f"--data-dir={data}",
         f"--listen-client-urls={url}",
         f"--advertise-client-urls={url}",
-        f"--listen-peer-urls=http://127.0.0.1:{_free_port()}",
+        f"--listen-peer-urls=http://127.0.0.1:{free_port()}",
         "--unsafe-no-fsync",
         "--quota-backend-bytes=2147483648",
     ]

@@ -269,12 +269,9 @@ class PodRunner:
         }
         if "waiting" not in state or self.restarts:
             container["containerID"] = f"facescan://{self.uid}-{self.restarts}"
-        started = "waiting" not in state or bool(self.restarts)
+        creating = state.get("waiting", {}).get("reason") == "ContainerCreating"
         conditions = [
-            _condition(
-                "PodReadyToStartContainers",
-                started or state.get("waiting", {}).get("reason") != "ContainerCreating",
-            ),
+            _condition("PodReadyToStartContainers", not creating),
             _condition("Initialized", True),
             _condition("ContainersReady", ready),
             _condition("Ready", ready),

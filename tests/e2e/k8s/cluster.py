@@ -15,7 +15,6 @@ import contextlib
 import datetime
 import json
 import os
-import socket
 import ssl
 import subprocess
 import urllib.error
@@ -254,12 +253,6 @@ class Kube:
                 raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
             await asyncio.sleep(0.1)
         return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def now() -> str:

@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from facescan_devcluster.controlplane import free_port
 from facescan_operator.k8s import handlers
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.repository import Queue
 from tests.e2e.local.support import HOG_FACES, SAMPLES, copy_samples
 
-from .cluster import Kube, free_port, now
+from .cluster import Kube, now
 from .dbproxy import DatabaseProxy
 from .operator_support import (
     FACESCANS,

@@ -59,6 +59,15 @@ def copy_samples(root: Path, names: Iterable[str], *, prefix: str = "") -> list[
     return paths
 
 
+def copy_rolls(root: Path, name: str, count: int) -> list[str]:
+    """``count`` copies of one sample photograph, roll00/NAME, roll01/NAME, ...: a batch
+    long enough to stop a detector in the middle of."""
+    paths = []
+    for i in range(count):
+        paths += copy_samples(root, [name], prefix=f"roll{i:02d}/")
+    return paths
+
+
 async def register_and_claim(
     queue: Queue,
     paths: Sequence[str],

@@ -14,6 +14,7 @@ from facescan_queue.repository import Queue
 from tests.integration.detector.support import (
     LIB,
     UNKNOWN_SIZE,
+    copy_rolls,
     copy_samples,
     finish,
     images_by_path,
@@ -67,9 +68,7 @@ async def committed(db: asyncpg.Connection) -> set[tuple[int, datetime]]:
 async def test_lease_released_mid_batch_ends_the_run_and_nothing_is_committed_after(
     hog_queue: Queue, db: asyncpg.Connection, dsn: str, root: Path
 ) -> None:
-    paths: list[str] = []
-    for i in range(12):
-        paths += copy_samples(root, ["obama.jpg"], prefix=f"roll{i:02d}/")
+    paths = copy_rolls(root, "obama.jpg", 12)
     await register_and_claim(hog_queue, paths, "job-a")
     process = await start_detector(dsn, "job-a", root)
 
@@ -96,9 +95,7 @@ async def test_sigterm_hands_the_lease_back_uncharged_and_exits_143(
 ) -> None:
     """A pod evicted, preempted or deleted: the image in progress and the rest of the
     batch go back to the queue, no attempt charged; what was committed stays."""
-    paths: list[str] = []
-    for i in range(12):
-        paths += copy_samples(root, ["group_t1.jpg"], prefix=f"roll{i:02d}/")
+    paths = copy_rolls(root, "group_t1.jpg", 12)
     await register_and_claim(hog_queue, paths, "job-a")
     process = await start_detector(dsn, "job-a", root)
     await wait_for_detections(db, 1)

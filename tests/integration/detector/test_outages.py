@@ -19,6 +19,7 @@ from facescan_queue.settings import DatabaseSettings
 from tests.integration.detector.support import (
     LIB,
     attempts_of,
+    copy_rolls,
     copy_samples,
     detector_settings,
     finish,
@@ -75,9 +76,7 @@ async def test_missing_library_root_stops_after_three_images_and_charges_none(
 async def test_library_root_gone_mid_batch_stops_the_run_and_hands_the_rest_back(
     hog_queue: Queue, db: asyncpg.Connection, dsn: str, root: Path, tmp_path: Path
 ) -> None:
-    paths: list[str] = []
-    for i in range(10):
-        paths += copy_samples(root, ["obama.jpg"], prefix=f"roll{i}/")
+    paths = copy_rolls(root, "obama.jpg", 10)
     await register_and_claim(hog_queue, paths, "job-a")
     process = await start_detector(dsn, "job-a", root)
 
