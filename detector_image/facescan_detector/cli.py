@@ -26,7 +26,7 @@ from facescan_detector.memory import tune_malloc
 from facescan_detector.run import EXIT_STARTUP, EXIT_UNAVAILABLE
 from facescan_detector.settings import DetectorSettings
 from facescan_queue.errors import DatabaseUnavailable, QueueError
-from facescan_queue.settings import DatabaseSettings
+from facescan_queue.settings import DatabaseSettings, DsnError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Process the images leased to OWNER one by one: commit each image's "
         "faces, or record a typed failure. Every option can also come from the "
         "environment variable named in its help (the Job contract); the database is "
-        "FACESCAN_DSN or the standard PG* variables.",
-        epilog="exit codes: 0 lease finished, 2 cannot start, 3 image timed out, "
+        "FACESCAN_DSN, else the file FACESCAN_DSN_FILE names, else the standard PG* "
+        "variables (never a command-line option: `ps` shows those).",
+        epilog="exit codes: 0 lease finished, 2 cannot start (a malformed database URL "
+        "included), 3 image timed out, "
         "4 host out of memory, 75 database or library unavailable",
     )
     run.add_argument(
@@ -142,10 +144,16 @@ def _run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"facescan-detector: invalid settings:\n{exc}", file=sys.stderr)
         return EXIT_STARTUP
+    database = DatabaseSettings()
+    try:
+        database.parts()  # a malformed URL cannot start, and no retry mends it
+    except DsnError as exc:
+        print(f"facescan-detector: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     from facescan_detector.run import run
 
     try:
-        summary = asyncio.run(run(settings, DatabaseSettings()))
+        summary = asyncio.run(run(settings, database))
     except QueueError as exc:
         print(f"facescan-detector: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE if isinstance(exc, DatabaseUnavailable) else EXIT_STARTUP

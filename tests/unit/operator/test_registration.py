@@ -1,8 +1,16 @@
-"""registration: finding image files under a root and reading their size from headers."""
+"""registration: finding image files under a root and reading their size from headers;
+regular files only, from beneath the root only, never blocked by a special file."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -47,15 +55,87 @@ def test_non_images_are_ignored(tmp_path: Path) -> None:
     assert _relative(tmp_path) == ["b.jpg"]
 
 
-def test_symlinked_files_are_listed_and_symlinked_directories_not_followed(tmp_path: Path) -> None:
+def test_no_symlink_is_followed_out_of_the_root_nor_within_it(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
-    _touch(outside, "o.jpg")
+    _touch(outside, "o.jpg", "sub/p.jpg")
     root = tmp_path / "root"
-    root.mkdir()
+    _touch(root, "real.jpg", "album/kept.jpg")
     (root / "link.jpg").symlink_to(outside / "o.jpg")
     (root / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (root / "dir").symlink_to(outside, target_is_directory=True)
-    assert _relative(root) == ["dangling.jpg", "link.jpg"]
+    (root / "album" / "up").symlink_to("..", target_is_directory=True)  # a directory loop
+    (root / "loop-a.jpg").symlink_to("loop-b.jpg")  # a loop of file links
+    (root / "loop-b.jpg").symlink_to("loop-a.jpg")
+    (root / "inside.jpg").symlink_to(root / "real.jpg")  # inside the root: skipped too
+    (root / "album" / "twin.jpg").symlink_to("kept.jpg")
+    assert _relative(root) == ["real.jpg", "album/kept.jpg"]
+    assert [i.path for i in scan_directory(root)] == ["real.jpg", "album/kept.jpg"]
+
+
+def test_the_root_itself_may_be_a_link(tmp_path: Path) -> None:
+    _touch(tmp_path / "data", "a.jpg", "x/b.jpg")
+    (tmp_path / "photos").symlink_to(tmp_path / "data", target_is_directory=True)
+    assert _relative(tmp_path / "photos") == ["a.jpg", "x/b.jpg"]
+
+
+def test_a_directory_swapped_for_a_link_during_the_walk_is_not_entered(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    _touch(outside, "secret.jpg")
+    root = tmp_path / "root"
+    _touch(root, "a.jpg", "sub/b.jpg")
+    walk = image_files(root)
+    assert next(walk) == root / "a.jpg"  # the root is listed, "sub" not yet opened
+    shutil.rmtree(root / "sub")
+    (root / "sub").symlink_to(outside, target_is_directory=True)
+    assert list(walk) == []
+
+
+@contextlib.contextmanager
+def _fifos_unblocked_after(fifos: list[Path], seconds: float) -> Iterator[None]:
+    """After ``seconds``, keeps unblocking any reader stuck opening one of ``fifos`` (the
+    bug under test), so that a failing test fails instead of hanging."""
+    done = threading.Event()
+
+    def unblock() -> None:
+        if done.wait(seconds):
+            return
+        while not done.wait(0.1):
+            for fifo in fifos:
+                with contextlib.suppress(OSError):  # ENXIO: no reader waits
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_special_files_named_like_images_are_skipped_without_blocking(tmp_path: Path) -> None:
+    shutil.copyfile(SAMPLES / "obama.jpg", tmp_path / "real.jpg")
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "d" / "pipe.png")
+    specials = ["fifo.jpg", "d/pipe.png"]
+    with socket.socket(socket.AF_UNIX) as sock:
+        with contextlib.suppress(OSError):  # a socket path has at most 107 bytes
+            sock.bind(str(tmp_path / "socket.jpg"))
+            specials.append("socket.jpg")
+        with contextlib.suppress(PermissionError):  # a device needs CAP_MKNOD
+            os.mknod(tmp_path / "zero.jpg", 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+            specials.append("zero.jpg")
+        started = time.monotonic()
+        with _fifos_unblocked_after([tmp_path / "fifo.jpg", tmp_path / "d" / "pipe.png"], 5):
+            listed = _relative(tmp_path)
+            images = scan_directory(tmp_path)
+            # named one by one (`facescan scan FILE`): never opened, so never sized
+            sized = {p: read_header(tmp_path / p).file_bytes for p in specials}
+    assert time.monotonic() - started < 4, "blocked on a special file"
+    assert listed == ["real.jpg"]
+    assert [(i.path, i.width, i.height) for i in images] == [("real.jpg", 910, 1137)]
+    assert sized == dict.fromkeys(specials)
 
 
 def test_empty_root_has_no_images(tmp_path: Path) -> None:

@@ -1,0 +1,116 @@
+"""The operator's database of a FaceScan, read from its Secret: a malformed URL is the
+FaceScan's Secret trouble (reason DatabaseSecret), a well-formed one out of reach is
+DatabaseUnavailable, and neither the error, the log, the status nor the Event text holds
+the password. `handlers._queue` is the function each reconcile connects through."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facescan_operator.k8s import handlers
+from facescan_operator.k8s.kube import SecretError
+from facescan_operator.k8s.spec import FaceScanSpec
+from facescan_operator.k8s.status import unreachable
+from facescan_queue.errors import DatabaseUnavailable
+
+SECRETS = ("hunter2Q", "zebra9K")
+UID = "0b6f3c3e-credential-test"
+EXAMPLE = yaml.safe_load((Path(__file__).parents[3] / "examples" / "facescan.yaml").read_text())
+SPEC = FaceScanSpec.model_validate(EXAMPLE["spec"])  # Secret facescan-db, key dsn
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+PORT = _closed_port()
+
+
+class _SecretHolding:
+    """The cluster API as `_queue` uses it: one Secret key, holding ``dsn``."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+        assert (namespace, name, key) == ("photos", "facescan-db", "dsn")
+        return self.dsn
+
+
+@pytest.fixture(autouse=True)
+async def forget() -> AsyncIterator[None]:
+    yield
+    await handlers._forget(UID)
+
+
+async def _connect_through(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Exception:
+    monkeypatch.setattr(handlers, "_kube", _SecretHolding(dsn))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises((SecretError, DatabaseUnavailable)) as raised:
+        await handlers._queue(UID, "photos", SPEC)
+    return raised.value
+
+
+def _shown(exc: Exception) -> str:
+    """Everything a reconcile shows of the error: the status it writes (the Degraded
+    condition's message) and the Event's message."""
+    reason = "DatabaseUnavailable" if isinstance(exc, DatabaseUnavailable) else "DatabaseSecret"
+    status = unreachable({}, reason, str(exc), datetime.now(UTC))
+    return json.dumps(status) + "\n" + str(exc)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://alice:hunter2Q/zebra9K@127.0.0.1:PORT/photos",
+        "postgresql://alice:hunter2Q#zebra9K@127.0.0.1:PORT/photos",
+        "postgresql://alice:hunter2Q@zebra9K@127.0.0.1:PORT/photos",
+        "hunter2Qzebra9K",
+        "postgresql://alice:hunter2Qzebra9K/photos",
+        "postgresql://alice@127.0.0.1:PORT/photos?password=hunter2Q&zebra9K",
+    ],
+)
+async def test_a_malformed_url_in_the_secret_is_named_by_the_secret_not_quoted(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the port is filled in here: a test's id must be the same in every xdist worker
+    exc = await _connect_through(dsn.replace(":PORT/", f":{PORT}/"), monkeypatch, caplog)
+    assert isinstance(exc, SecretError)
+    assert str(exc).startswith("Secret photos/facescan-db key 'dsn': the database URL is malformed")
+    assert exc.__cause__ is None  # no chained error, whose text would hold the URL
+    assert exc.__suppress_context__
+    for secret in SECRETS:
+        assert secret not in _shown(exc)
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://alice:hunter2Q%2F%40zebra9K@127.0.0.1:PORT/photos",
+        "postgresql://alice@127.0.0.1:PORT/photos?password=hunter2Qzebra9K",
+    ],
+)
+async def test_a_database_out_of_reach_is_named_by_host_port_and_database(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the port is filled in here: a test's id must be the same in every xdist worker
+    exc = await _connect_through(dsn.replace(":PORT/", f":{PORT}/"), monkeypatch, caplog)
+    assert isinstance(exc, DatabaseUnavailable)
+    assert f"127.0.0.1:{PORT}/photos" in str(exc)
+    for secret in SECRETS:
+        assert secret not in _shown(exc)
+        assert secret not in caplog.text
