@@ -1,15 +1,18 @@
 """Image loading: one library file -> RGB pixels at the size the cascade step asks for.
 
-Called by the run loop (and ``calibrate``) once per image, before detection. It keeps
-the path inside the library root, decodes at reduced size where the format allows it
-(JPEG draft mode), converts every mode to 8-bit RGB, resizes to the step's long side
-and applies the EXIF orientation last, so face boxes come out in the orientation a
-person sees. Every failure becomes one of the typed errors in ``errors``, message
-naming the file, cause chained.
+Called by the run loop (and ``calibrate``) once per image, before detection. It opens
+the file beneath the library root in one step (``beneath``: no symlink swapped in after
+a check leads out), decodes at reduced size where the format allows it (JPEG draft
+mode), converts every mode to 8-bit RGB, resizes to the step's long side and applies
+the EXIF orientation last, so face boxes come out in the orientation a person sees.
+Every failure becomes one of the typed errors in ``errors``, message naming the file,
+cause chained.
 
 Choices: transparency is composited onto white (what a viewer shows; pixels under
 alpha 0 are often garbage); 16-bit samples are scaled (v * 255 / 65535, rounded), not
-clipped; CMYK goes through its ICC profile when it has one. Resize is LANCZOS; where no
+clipped, to 8-bit gray a strip at a time and resized before they become RGB, so that a
+wide image costs no more memory than an 8-bit one (sizing's DECODE_BYTES_PER_PIXEL);
+CMYK goes through its ICC profile when it has one. Resize is LANCZOS; where no
 draft mode helped, ``reducing_gap=1.5`` box-reduces by an integer factor first (12 MP
 PNG to 1280: 141 -> 63 ms, mean abs difference 0.26 from plain LANCZOS; draft mode
 itself costs 0.49).
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms
 
+from facescan_detector.beneath import O_PATH, open_beneath
 from facescan_detector.errors import (
     DetectorError,
     DetectorOOM,
@@ -70,6 +74,12 @@ _DECODE_ERRORS = (
 )
 """What Pillow and its plugins raise on corrupt, unsupported or oversized input."""
 
+_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+"""Modes of 16- and 32-bit samples (16-bit gray PNG, 16/32-bit and float TIFF)."""
+
+_STRIP_PIXELS = 1 << 20
+"""Pixels converted at a time from a wide mode (a few MB of temporary arrays)."""
+
 
 @dataclass(frozen=True)
 class LoadedImage:
@@ -87,6 +97,8 @@ class LoadedImage:
 
 def _os_error(exc: OSError, relative_path: str, action: str) -> DetectorError:
     """The typed error for an operating-system failure on one file."""
+    if exc.errno == errno.EXDEV:  # beneath.open_beneath: a way out of the root
+        return ImagePermissionError(f"{relative_path}: resolves outside the library root")
     message = f"{relative_path}: cannot {action}: {exc.strerror or exc}"
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return ImageMissing(message)
@@ -99,32 +111,45 @@ def _os_error(exc: OSError, relative_path: str, action: str) -> DetectorError:
     return DetectorError(message)
 
 
-def resolve_inside(root: Path, relative_path: str) -> Path:
-    """The real path of ``relative_path`` under ``root``, refusing any way out of it.
+def open_in_library(root: Path, relative_path: str, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of ``relative_path`` opened beneath ``root`` (see ``beneath``): the
+    path is resolved and opened in one step, so nothing swapped in after a check can
+    lead out of the root.
 
-    Absolute paths, ``..`` escapes and symlinks leading outside raise
-    ImagePermissionError; a file that does not exist raises ImageMissing. A root that
-    is gone raises DetectorUnavailable (the mount, not the image, is at fault).
+    Absolute paths, ``..`` escapes and symlinks leading outside (absolute symlinks
+    included) raise ImagePermissionError; a file that does not exist raises
+    ImageMissing. A root that is gone raises DetectorUnavailable (the mount, not the
+    image, is at fault). The caller closes the descriptor.
     """
     if "\0" in relative_path or os.path.isabs(relative_path):
         raise ImagePermissionError(f"{relative_path}: path must be relative to the library root")
-    real_root = os.path.realpath(root)
     try:
-        if not stat.S_ISDIR(os.stat(real_root).st_mode):
-            raise DetectorUnavailable(f"{relative_path}: library root {root} is not a directory")
+        root_fd = os.open(root, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise DetectorUnavailable(
+                f"{relative_path}: library root {root} is not a directory"
+            ) from exc
         error = _os_error(exc, relative_path, f"reach library root {root}")
         if isinstance(error, ImageMissing):
             error = DetectorUnavailable(str(error))
         raise error from exc
-    real = os.path.realpath(os.path.join(real_root, relative_path))
-    if os.path.commonpath([real_root, real]) != real_root:
-        raise ImagePermissionError(f"{relative_path}: resolves outside the library root")
     try:
-        os.stat(real)
+        return open_beneath(root_fd, relative_path, flags)
     except OSError as exc:
-        raise _os_error(exc, relative_path, "stat") from exc
-    return Path(real)
+        raise _os_error(exc, relative_path, "read") from exc
+    finally:
+        os.close(root_fd)
+
+
+def resolve_inside(root: Path, relative_path: str) -> Path:
+    """The real path of ``relative_path`` under ``root``, found as ``open_in_library``
+    finds it (for messages and tools: open with ``open_in_library``, never by this path)."""
+    fd = open_in_library(root, relative_path, O_PATH)
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    finally:
+        os.close(fd)
 
 
 @functools.cache
@@ -152,14 +177,11 @@ def load_image(
     """
     if not (0 < scale < math.inf) or max_dimension < 0:
         raise ValueError(f"need 0 < scale < inf and max_dimension >= 0: {scale}, {max_dimension}")
-    path = resolve_inside(root, relative_path)
+    file, info = _open_regular(root, relative_path)
     try:
-        with open(path, "rb", opener=_open_no_follow) as file, warnings.catch_warnings():
+        with file, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ImagePermissionError(f"{relative_path}: not a regular file")
             head = file.read(12)
             if not head:  # procfs files say size 0 and have data: read, do not stat
                 raise ImageDecodeError(f"{relative_path}: cannot decode image: empty file")
@@ -189,10 +211,21 @@ def load_image(
     )
 
 
-def _open_no_follow(path: str, flags: int) -> int:
-    """Open without following a final symlink (swapped in after resolve_inside) and
-    without blocking on a FIFO (refused as not a regular file right after)."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+def _open_regular(root: Path, relative_path: str) -> tuple[io.BufferedReader, os.stat_result]:
+    """The file opened for reading beneath the root, and its status; anything but a
+    regular file is refused (a FIFO without blocking: it is opened non-blocking)."""
+    fd = open_in_library(root, relative_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            strerror = os.strerror(errno.EISDIR)
+            raise ImagePermissionError(f"{relative_path}: cannot read: {strerror}")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImagePermissionError(f"{relative_path}: not a regular file")
+        return open(fd, "rb"), info  # the file object owns the descriptor from here
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _decode(
@@ -218,7 +251,13 @@ def _decode(
     target = (target_long, short) if width >= height else (short, target_long)
     if target_long < long_side:
         image.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 size, never below target
-    rgb = _to_rgb(image)  # loads the pixels
+    if image.mode in _WIDE_MODES:  # 8-bit gray first, strip by strip, resized before RGB
+        gray = _wide_to_gray(image)
+        if gray.size != target:
+            gray = gray.resize(target, Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
+        rgb = gray.convert("RGB")
+    else:
+        rgb = _to_rgb(image)  # loads the pixels
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
     orientation = _orientation(image)
@@ -238,12 +277,25 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
+def _wide_to_gray(image: Image.Image) -> Image.Image:
+    """8-bit gray ("L") from 16- or 32-bit samples, a strip of rows at a time, so that
+    the conversion costs 1 byte per pixel beyond the decoded image: integer samples
+    (16-bit PNG/TIFF data) scaled from 0..65535, float ones clipped to 0..255."""
+    if image.mode == "F":
+        return image.convert("L")
+    width, height = image.size
+    gray = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        strip = np.asarray(image.crop((0, top, width, bottom)))
+        samples = strip.clip(0, 65535).astype(np.uint32)
+        gray[top:bottom] = (samples * 255 + 32767) // 65535
+    return Image.fromarray(gray)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode: 16/32-bit scaled, alpha on white, CMYK through ICC."""
-    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I (16-bit PNG/TIFF data)
-        samples = np.asarray(image).astype(np.int64).clip(0, 65535)
-        gray = ((samples * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
+    """8-bit RGB from any 8-bit mode: alpha on white, CMYK through ICC."""
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
         white = Image.new("RGB", rgba.size, (255, 255, 255))

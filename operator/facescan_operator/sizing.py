@@ -23,6 +23,9 @@ CLASS_MAX_MEGAPIXELS: dict[int, float] = {0: 2, 1: 8, 2: 16, 3: 32, 4: 179, 5: 3
 
 # Decoding the original: RGB(A) at full size before the resize (JPEG decodes smaller
 # with draft mode, but PNG/HEIC/TIFF do not). Bytes per original pixel, with headroom.
+# Wide images fit too: 16/32-bit samples (2-4 bytes a pixel decoded) become 8-bit gray
+# a strip at a time and are resized before RGB (a 12000 px 16-bit PNG: ~3 bytes a pixel;
+# tests/unit/detector/test_wide_images.py measures it against this figure).
 DECODE_BYTES_PER_PIXEL = 6.0
 
 
