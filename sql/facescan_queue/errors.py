@@ -7,6 +7,7 @@ Raised by the repository and the migrator; the CLI, the operator and the detecto
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,7 +23,8 @@ class DatabaseUnavailable(QueueError):
 
 
 class PermissionDenied(QueueError):
-    """The database user lacks a privilege; the message names the GRANT to run."""
+    """The database user lacks a privilege or a library; the message names the GRANT or
+    the `facescan db grant` to run."""
 
 
 class SchemaError(QueueError):
@@ -71,11 +73,35 @@ GRANTS = (
 
 
 def grant_advice(user: str, what: str) -> str:
-    """The message for a missing privilege: what is refused and the exact GRANTs."""
+    """The message for a missing privilege: what is refused, the `facescan db grant` that
+    lets the user use one library, and the exact GRANTs that let it use every one (the
+    SQL last, from the first "GRANT" on)."""
     quoted = '"' + user.replace('"', '""') + '"'
     return (
         f"database user {user!r} lacks privileges on {what}. As the owner of the facescan "
-        f"schema (or a superuser), run:\n{GRANTS.format(user=quoted)}"
+        "schema (or a superuser), either let it use one library, as a detector (add "
+        "--operator for the operator's calls too):\n"
+        f"facescan db grant --role {shlex.quote(user)} --library NAME\n"
+        f"or let it use every library:\n{GRANTS.format(user=quoted)}"
+    )
+
+
+def library_advice(user: str, library: str, level: str) -> str:
+    """The message for a library the user's role is not granted (FS006), with the
+    `facescan db grant` that grants it; an empty library means every library."""
+    operator = level == "operator"
+    if not library:
+        return (
+            f"database user {user!r} may not act on every library at once: only the "
+            "owner of the facescan schema, or a role granted every privilege on its "
+            "tables, may (a role granted libraries names one)"
+        )
+    flag = " --operator" if operator else ""
+    calls = "the operator's calls" if operator else "a detector's calls"
+    return (
+        f"database user {user!r} may not use library {library!r} for {calls}. As the "
+        "owner of the facescan schema (or a superuser), run: facescan db grant --role "
+        f"{shlex.quote(user)} --library {shlex.quote(library)}{flag}"
     )
 
 
@@ -96,6 +122,12 @@ def translate(exc: BaseException, *, target: str, user: str) -> QueueError | Non
         return DatabaseUnavailable(f"cannot reach PostgreSQL at {target}: {cause}")
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate == "FS006":  # facescan.authorize: DETAIL the library, HINT the level
+            return PermissionDenied(
+                library_advice(
+                    user, getattr(exc, "detail", None) or "", getattr(exc, "hint", None) or ""
+                )
+            )
         if sqlstate in _BY_SQLSTATE:
             return _BY_SQLSTATE[sqlstate](str(exc))
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):

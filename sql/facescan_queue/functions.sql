@@ -11,6 +11,100 @@
 --   FS003 unknown library
 --   FS004 unknown image
 --   FS005 invalid argument (a face embedding of the wrong size, a bad limit)
+--   FS006 the session's role may not use that library (facescan.authorize)
+--
+-- Access: every function a client calls by name is SECURITY DEFINER (it runs as the
+-- schema's owner, with a fixed search_path: see the end of this file) and first checks
+-- the library of the rows it touches with facescan.authorize, once per call, never per
+-- row. A role granted one library (`facescan db grant`) needs no table privilege and
+-- reaches no other library; helpers called only from those functions stay SECURITY
+-- INVOKER, so calling one directly needs the table privileges such a role lacks.
+
+-- Access ---------------------------------------------------------------------------
+
+-- Whether the session's role may use every library: the schema's owner (a member of
+-- it, a superuser), or a role holding every privilege on facescan.images, which could
+-- write any library's rows directly anyway. session_user: inside a SECURITY DEFINER
+-- function current_user is the owner.
+CREATE OR REPLACE FUNCTION facescan.unrestricted() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT pg_has_role(session_user, n.nspowner, 'MEMBER')
+        OR (has_table_privilege(session_user, 'facescan.images'::regclass, 'SELECT')
+            AND has_table_privilege(session_user, 'facescan.images'::regclass, 'INSERT')
+            AND has_table_privilege(session_user, 'facescan.images'::regclass, 'UPDATE')
+            AND has_table_privilege(session_user, 'facescan.images'::regclass, 'DELETE'))
+    FROM pg_namespace n WHERE n.nspname = 'facescan'
+$$;
+
+-- Raises FS006 unless the session's role may use p_library (NULL: every library), for a
+-- detector's calls or, with p_operator, the control plane's. DETAIL carries the library
+-- and HINT the level, for the client's advice.
+CREATE OR REPLACE FUNCTION facescan.authorize(p_library text, p_operator boolean)
+RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_library IS NOT NULL AND EXISTS (
+        SELECT 1 FROM facescan.library_roles r
+        WHERE r.role = session_user AND r.library = p_library AND (r.operator OR NOT p_operator)
+    ) THEN
+        RETURN;
+    END IF;
+    IF facescan.unrestricted() THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'role % may not use %', session_user,
+        coalesce('library ' || p_library, 'every library')
+        USING ERRCODE = 'FS006', DETAIL = coalesce(p_library, ''),
+              HINT = CASE WHEN p_operator THEN 'operator' ELSE 'detector' END;
+END
+$$;
+
+-- What the session's role may use: every library, or the ones granted to it.
+CREATE OR REPLACE FUNCTION facescan.access()
+RETURNS TABLE (unrestricted boolean, libraries text[], operator_libraries text[])
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.unrestricted(),
+           coalesce(array_agg(r.library ORDER BY r.library), '{}'),
+           coalesce(array_agg(r.library ORDER BY r.library) FILTER (WHERE r.operator), '{}')
+    FROM facescan.library_roles r
+    WHERE r.role = session_user
+$$;
+
+-- Lets p_role use p_library: a detector's calls, with p_operator the control plane's
+-- too (a grant only adds). Run by the schema's owner (`facescan db grant`): the role
+-- gets USAGE on the schema and SELECT on schema_version (the client's version check),
+-- no table privilege. The role must exist.
+CREATE OR REPLACE FUNCTION facescan.grant_library(
+    p_role text, p_library text, p_operator boolean
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regrole(quote_ident(p_role)) IS NULL THEN
+        RAISE EXCEPTION 'no database role %: create it first (CREATE ROLE % LOGIN PASSWORD ...)',
+            quote_ident(p_role), quote_ident(p_role) USING ERRCODE = 'FS005';
+    END IF;
+    IF coalesce(p_library, '') = '' THEN
+        RAISE EXCEPTION 'a grant needs a library name' USING ERRCODE = 'FS005';
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA facescan TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON facescan.schema_version TO %I', p_role);
+    INSERT INTO facescan.library_roles AS r (role, library, operator)
+    VALUES (p_role, p_library, p_operator)
+    ON CONFLICT (role, library) DO UPDATE SET operator = r.operator OR EXCLUDED.operator;
+END
+$$;
+
+-- Takes p_library back from p_role (its schema USAGE stays: it reaches nothing more).
+-- True when it had been granted.
+CREATE OR REPLACE FUNCTION facescan.revoke_library(p_role text, p_library text)
+RETURNS boolean
+LANGUAGE sql AS $$
+    WITH revoked AS (
+        DELETE FROM facescan.library_roles WHERE role = p_role AND library = p_library
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM revoked)
+$$;
 
 -- The transition guard ---------------------------------------------------------
 
@@ -153,10 +247,11 @@ CREATE OR REPLACE FUNCTION facescan.ensure_library(
     p_backoff_cap_s integer DEFAULT NULL,
     p_max_attempts integer DEFAULT NULL
 ) RETURNS facescan.libraries
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_lib facescan.libraries;
 BEGIN
+    PERFORM facescan.authorize(p_name, true);
     INSERT INTO facescan.libraries (name) VALUES (p_name) ON CONFLICT (name) DO NOTHING;
     UPDATE facescan.libraries SET
         cascade_models = coalesce(p_cascade_models, cascade_models),
@@ -181,10 +276,11 @@ CREATE OR REPLACE FUNCTION facescan.register_images(
     p_file_bytes bigint[],
     p_priority smallint DEFAULT 0
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_added integer;
 BEGIN
+    PERFORM facescan.authorize(p_library, true);
     IF NOT EXISTS (SELECT 1 FROM facescan.libraries WHERE name = p_library) THEN
         RAISE EXCEPTION 'unknown library %', p_library USING ERRCODE = 'FS003';
     END IF;
@@ -219,13 +315,15 @@ CREATE OR REPLACE FUNCTION facescan.claim_batch(
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
     attempts smallint
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 #variable_conflict use_column
 BEGIN
     IF p_limit < 1 OR p_lease_seconds < 1 THEN
         RAISE EXCEPTION 'claim_batch needs a positive limit and lease (got %, % s)',
             p_limit, p_lease_seconds USING ERRCODE = 'FS005';
     END IF;
+    -- a detector claims its own batch (a Job's pod, when it starts): a detector's call
+    PERFORM facescan.authorize(p_library, false);
     IF NOT EXISTS (SELECT 1 FROM facescan.libraries WHERE name = p_library) THEN
         RAISE EXCEPTION 'unknown library %', p_library USING ERRCODE = 'FS003';
     END IF;
@@ -260,14 +358,20 @@ $$;
 -- Extends the lease. False when it is gone (reclaimed): the worker must stop.
 CREATE OR REPLACE FUNCTION facescan.heartbeat(p_owner text, p_lease_seconds integer)
 RETURNS boolean
-LANGUAGE sql AS $$
-    WITH touched AS (
-        UPDATE facescan.leases
-        SET expires_at = now() + make_interval(secs => p_lease_seconds), heartbeat_at = now()
-        WHERE owner = p_owner
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM touched)
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    v_library text;
+BEGIN
+    SELECT l.library INTO v_library FROM facescan.leases l WHERE l.owner = p_owner;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM facescan.authorize(v_library, false);
+    UPDATE facescan.leases
+    SET expires_at = now() + make_interval(secs => p_lease_seconds), heartbeat_at = now()
+    WHERE owner = p_owner;
+    RETURN FOUND;
+END
 $$;
 
 -- Marks the next unstarted image of the lease as in progress (an open attempt) and
@@ -278,9 +382,16 @@ RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
     step smallint, model text, scale real, attempt_id bigint
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 #variable_conflict use_column
+DECLARE
+    v_library text;
 BEGIN
+    SELECT l.library INTO v_library FROM facescan.leases l WHERE l.owner = p_owner;
+    IF NOT FOUND THEN  -- no lease: nothing leased to p_owner either
+        RETURN;
+    END IF;
+    PERFORM facescan.authorize(v_library, false);
     -- idempotent: an image already in progress under this lease is returned again (the
     -- worker lost the reply of the call that started it)
     RETURN QUERY
@@ -352,6 +463,28 @@ BEGIN
 END
 $$;
 
+-- The path start_next would start next (read only: lets a worker prefetch it); NULL
+-- when nothing is left.
+CREATE OR REPLACE FUNCTION facescan.peek_next(p_owner text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER AS $$
+DECLARE
+    v_lease facescan.leases;
+    v_path text;
+BEGIN
+    SELECT * INTO v_lease FROM facescan.leases l WHERE l.owner = p_owner;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM facescan.authorize(v_lease.library, false);
+    SELECT i.path INTO v_path FROM facescan.images i
+    WHERE i.lease_owner = p_owner AND i.state = 'leased'
+      AND i.id IS DISTINCT FROM v_lease.started_image
+    ORDER BY i.priority DESC, i.attempts, i.id
+    LIMIT 1;
+    RETURN v_path;
+END
+$$;
+
 -- Raises unless the image exists, p_owner holds it and started it (p_attempt is the
 -- open attempt of p_owner's lease on that image, NULL if none); returns p_attempt.
 CREATE OR REPLACE FUNCTION facescan.check_started(
@@ -396,7 +529,7 @@ $$;
 -- one at the next step. No row when the cascade has no further step.
 CREATE OR REPLACE FUNCTION facescan.step_down(p_image_id bigint, p_owner text, p_error text)
 RETURNS TABLE (step smallint, model text, scale real, attempt_id bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 #variable_conflict use_column
 DECLARE
     v_image facescan.images;
@@ -405,6 +538,9 @@ DECLARE
     v_attempt bigint;
 BEGIN
     SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
+    IF FOUND THEN
+        PERFORM facescan.authorize(v_image.library, false);
+    END IF;
     v_started := facescan.started_attempt(v_image, p_image_id, p_owner);
     SELECT * INTO v_lib FROM facescan.libraries l WHERE l.name = v_image.library;
     IF v_image.step + 1 >= cardinality(v_lib.cascade_models) THEN
@@ -448,6 +584,7 @@ CREATE OR REPLACE FUNCTION facescan.commit_result(
 ) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_library text;
     v_state facescan.image_state;
     v_lease_owner text;
     v_error_type facescan.error_type;
@@ -460,10 +597,10 @@ DECLARE
     v_faces integer;
 BEGIN
     -- the image (locked), its lease's open attempt and that attempt's step, in one read
-    SELECT i.state, i.lease_owner, i.error_type, i.face_count, l.started_attempt,
+    SELECT i.library, i.state, i.lease_owner, i.error_type, i.face_count, l.started_attempt,
            a.model, a.scale, a.step,
            a.model <> lib.cascade_models[1] OR a.scale < lib.cascade_scales[1]
-    INTO v_state, v_lease_owner, v_error_type, v_face_count, v_started,
+    INTO v_library, v_state, v_lease_owner, v_error_type, v_face_count, v_started,
          v_model, v_scale, v_step, v_degraded
     FROM facescan.images i
     LEFT JOIN facescan.leases l ON l.owner = p_owner AND l.started_image = i.id
@@ -471,6 +608,9 @@ BEGIN
     LEFT JOIN facescan.libraries lib ON lib.name = a.library
     WHERE i.id = p_image_id
     FOR UPDATE OF i;
+    IF v_library IS NOT NULL THEN
+        PERFORM facescan.authorize(v_library, false);
+    END IF;
     IF v_state = 'done' THEN
         IF EXISTS (SELECT 1 FROM facescan.detections d
                    WHERE d.image_id = p_image_id AND d.worker = p_owner) THEN
@@ -540,7 +680,7 @@ BEGIN
     END IF;
     UPDATE facescan.attempts SET finished_at = now(), outcome = 'done' WHERE id = v_started;
     UPDATE facescan.images
-    SET state = 'done', lease_owner = NULL, error_type = NULL,
+    SET state = 'done', lease_owner = NULL, error_type = NULL, unavailable_count = 0,
         degraded = v_degraded, face_count = v_faces, updated_at = now()
     WHERE id = p_image_id;
     RETURN true;
@@ -557,7 +697,7 @@ CREATE OR REPLACE FUNCTION facescan.complete_image(
     p_duration_ms integer,
     p_faces jsonb
 ) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     PERFORM facescan.commit_result(p_image_id, p_owner, p_max_dimension, p_original_width,
         p_original_height, p_duration_ms, p_faces);
@@ -578,8 +718,9 @@ CREATE OR REPLACE FUNCTION facescan.complete_and_start_next(
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
     step smallint, model text, scale real, attempt_id bigint
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
+    -- (commit_result checks the image's library; the lease's images are all of it)
     IF facescan.commit_result(p_image_id, p_owner, p_max_dimension, p_original_width,
                               p_original_height, p_duration_ms, p_faces) THEN
         RETURN QUERY SELECT * FROM facescan.start_unstarted(p_owner);
@@ -591,7 +732,11 @@ $$;
 
 -- Charges one failure to a started image and moves it on, by the failure type's policy:
 --   unavailable          not the image's fault: back to pending after a delay, no attempt
---                        charged, no failure row (so an outage cannot flood failures)
+--                        charged, no failure row (so an outage cannot flood failures);
+--                        but counted while other images of the library succeed (one of
+--                        the last 20 finished attempts is done), and once counted more
+--                        than unavailable_grace times charged as anything else, below
+--                        (a file that always fails to read goes dead, reason kept)
 --   oom, timeout         next cascade step, runnable now, not charged (unless last step)
 --   decode               charged; dead after decode_max_attempts
 --   missing              charged, at least missing_backoff_s between attempts
@@ -613,6 +758,8 @@ DECLARE
     v_state facescan.image_state := 'pending';
     v_step smallint := p_image.step;
     v_attempts smallint := p_image.attempts;
+    v_unavailable smallint := p_image.unavailable_count;
+    v_charged boolean := true;
     v_limit integer;
     v_delay double precision := 0;
 BEGIN
@@ -622,7 +769,20 @@ BEGIN
     WHERE a.id = p_attempt
     RETURNING * INTO v_attempt;
 
-    IF p_error_type = 'unavailable' THEN
+    IF p_error_type = 'unavailable' AND EXISTS (
+        SELECT 1 FROM (
+            SELECT a.outcome FROM facescan.attempts a  -- walks attempts_library_recent
+            WHERE a.library = p_image.library AND a.finished_at IS NOT NULL
+            ORDER BY a.id DESC
+            LIMIT 20
+        ) AS recent
+        WHERE recent.outcome = 'done'
+    ) THEN
+        v_unavailable := least(v_unavailable + 1, 32767);
+    END IF;
+
+    IF p_error_type = 'unavailable' AND v_unavailable <= v_lib.unavailable_grace THEN
+        v_charged := false;
         v_delay := v_lib.unavailable_delay_s;
     ELSIF p_error_type IN ('oom', 'timeout')
           AND p_image.step + 1 < cardinality(v_lib.cascade_models) THEN
@@ -645,13 +805,13 @@ BEGIN
 
     UPDATE facescan.images i
     SET state = v_state, step = v_step, attempts = v_attempts,
-        error_type = CASE WHEN p_error_type = 'unavailable' THEN i.error_type
-                          ELSE p_error_type END,
+        error_type = CASE WHEN v_charged THEN p_error_type ELSE i.error_type END,
+        unavailable_count = v_unavailable,
         next_attempt_at = now() + make_interval(secs => v_delay),
         lease_owner = NULL, updated_at = now()
     WHERE i.id = p_image.id;
 
-    IF p_error_type <> 'unavailable' THEN
+    IF v_charged THEN
         INSERT INTO facescan.failures AS f (image_id, attempts, error_type, last_error,
             original_width, original_height, file_bytes, last_scale, last_model,
             next_retry_at, dead)
@@ -685,11 +845,14 @@ CREATE OR REPLACE FUNCTION facescan.fail_image(
     p_original_height integer DEFAULT NULL,
     p_file_bytes bigint DEFAULT NULL
 ) RETURNS TABLE (state facescan.image_state, step smallint, next_attempt_at timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_image facescan.images;
 BEGIN
     SELECT * INTO v_image FROM facescan.images WHERE id = p_image_id FOR UPDATE;
+    IF FOUND THEN
+        PERFORM facescan.authorize(v_image.library, false);
+    END IF;
     RETURN QUERY SELECT * FROM facescan.charge_failure(v_image,
         facescan.started_attempt(v_image, p_image_id, p_owner), p_error_type, p_error,
         p_original_width, p_original_height, p_file_bytes);
@@ -705,7 +868,7 @@ CREATE OR REPLACE FUNCTION facescan.release_lease(
     p_charge facescan.error_type DEFAULT NULL,
     p_error text DEFAULT NULL
 ) RETURNS TABLE (charged_image bigint, released integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_lease facescan.leases;
     v_image facescan.images;
@@ -713,6 +876,11 @@ DECLARE
     v_released integer;
 BEGIN
     SELECT * INTO v_lease FROM facescan.leases WHERE owner = p_owner FOR UPDATE;
+    IF NOT FOUND THEN  -- no lease: no image is leased to p_owner either
+        RETURN QUERY SELECT NULL::bigint, 0;
+        RETURN;
+    END IF;
+    PERFORM facescan.authorize(v_lease.library, false);
     SELECT * INTO v_image FROM facescan.images
     WHERE id = v_lease.started_image AND lease_owner = p_owner AND state = 'leased'
     FOR UPDATE;
@@ -739,11 +907,12 @@ $$;
 -- had started, returns the rest of its batch untouched.
 CREATE OR REPLACE FUNCTION facescan.reclaim_expired(p_library text DEFAULT NULL)
 RETURNS TABLE (owner text, charged_image bigint, released integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 #variable_conflict use_column
 DECLARE
     v_owner text;
 BEGIN
+    PERFORM facescan.authorize(p_library, true);  -- NULL (every library): unrestricted only
     FOR v_owner IN
         SELECT l.owner FROM facescan.leases l
         WHERE l.expires_at < now() AND (p_library IS NULL OR l.library = p_library)
@@ -767,7 +936,8 @@ CREATE OR REPLACE FUNCTION facescan.requeue(
     p_error_type facescan.error_type DEFAULT NULL,
     p_paths text[] DEFAULT NULL
 ) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
     WITH target AS (
         SELECT i.id FROM facescan.images i
         WHERE i.library = p_library AND i.error_type IS NOT NULL
@@ -778,7 +948,8 @@ LANGUAGE sql AS $$
         FOR UPDATE
     ), requeued AS (
         UPDATE facescan.images i
-        SET state = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+        SET state = 'pending', attempts = 0, unavailable_count = 0, next_attempt_at = now(),
+            updated_at = now()
         FROM target WHERE i.id = target.id
         RETURNING i.id
     ), revived AS (
@@ -796,11 +967,12 @@ CREATE OR REPLACE FUNCTION facescan.rescan(
     p_only_degraded boolean DEFAULT true,
     p_paths text[] DEFAULT NULL
 ) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
     WITH rescanned AS (
         UPDATE facescan.images i
-        SET state = 'pending', step = 0, attempts = 0, next_attempt_at = now(),
-            updated_at = now()
+        SET state = 'pending', step = 0, attempts = 0, unavailable_count = 0,
+            next_attempt_at = now(), updated_at = now()
         WHERE i.library = p_library AND i.state = 'done'
           AND (NOT p_only_degraded OR i.degraded)
           AND (p_paths IS NULL OR i.path = ANY (p_paths))
@@ -818,7 +990,8 @@ RETURNS TABLE (
     state facescan.image_state, error_type facescan.error_type, degraded boolean,
     images bigint, faces bigint
 )
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
     SELECT c.state, c.error_type, c.degraded, sum(c.images)::bigint, sum(c.faces)::bigint
     FROM facescan.image_counts c
     WHERE c.library = p_library
@@ -830,7 +1003,8 @@ $$;
 -- what the planner needs to decide which batches to claim.
 CREATE OR REPLACE FUNCTION facescan.runnable_groups(p_library text, p_cap integer)
 RETURNS TABLE (step smallint, size_class smallint, runnable integer)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
     SELECT g.step, g.size_class, r.runnable
     FROM (
         SELECT c.step, c.size_class FROM facescan.image_counts c
@@ -856,7 +1030,8 @@ $$;
 CREATE OR REPLACE FUNCTION facescan.recent_outcomes(
     p_library text, p_window integer, p_after_id bigint DEFAULT 0
 ) RETURNS TABLE (finished integer, unavailable integer, failed integer, last_id bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
     SELECT count(*)::integer,
            (count(*) FILTER (WHERE a.error_type = 'unavailable'))::integer,
            (count(*) FILTER (WHERE a.outcome = 'failed'))::integer,
@@ -877,7 +1052,8 @@ $$;
 CREATE OR REPLACE FUNCTION facescan.attempt_outcomes(
     p_library text, p_since timestamptz, p_until timestamptz, p_from_id bigint
 ) RETURNS TABLE (outcome text, error_type text, attempts bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
     SELECT a.outcome::text, a.error_type::text, count(*)::bigint
     FROM facescan.attempts a
     WHERE a.library = p_library AND a.id >= p_from_id
@@ -890,12 +1066,126 @@ $$;
 -- attempt of a lease, whose started attempts are the only open ones; else the next id).
 CREATE OR REPLACE FUNCTION facescan.attempt_clock(p_library text)
 RETURNS TABLE (now timestamptz, from_id bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
     SELECT now(), coalesce(
         (SELECT min(a.id) FROM facescan.leases l
          JOIN facescan.attempts a ON a.id = l.started_attempt AND a.finished_at IS NULL
          WHERE l.library = p_library),
         (SELECT max(a.id) + 1 FROM facescan.attempts a WHERE a.library = p_library),
         0)
+$$;
+
+-- The active leases of a library with how many images each still holds.
+CREATE OR REPLACE FUNCTION facescan.leases_of(p_library text)
+RETURNS TABLE (
+    owner text, step smallint, size_class smallint, claimed_at timestamptz,
+    expires_at timestamptz, images integer
+)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    SELECT l.owner, l.step, l.size_class, l.claimed_at, l.expires_at,
+           (SELECT count(*) FROM facescan.images i
+            WHERE i.lease_owner = l.owner AND i.state = 'leased')::integer
+    FROM facescan.leases l
+    WHERE l.library = p_library
+    ORDER BY l.claimed_at, l.owner
+$$;
+
+-- The libraries the session's role may use, by name (every one when unrestricted).
+CREATE OR REPLACE FUNCTION facescan.visible_libraries() RETURNS SETOF text
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT lib.name FROM facescan.libraries lib
+    WHERE facescan.unrestricted()
+       OR EXISTS (SELECT 1 FROM facescan.library_roles r
+                  WHERE r.role = session_user AND r.library = lib.name)
+    ORDER BY lib.name
+$$;
+
+-- The failing images of a library, one row each, by path.
+CREATE OR REPLACE FUNCTION facescan.list_failures(
+    p_library text, p_error_type facescan.error_type, p_dead_only boolean, p_limit integer
+) RETURNS TABLE (
+    path text, error_type facescan.error_type, attempts integer, last_error text,
+    next_retry_at timestamptz, dead boolean, last_model text, last_scale real,
+    last_failure_at timestamptz
+)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    SELECT i.path, f.error_type, f.attempts, f.last_error, f.next_retry_at, f.dead,
+           f.last_model, f.last_scale, f.last_failure_at
+    FROM facescan.failures f
+    JOIN facescan.images i ON i.id = f.image_id
+    WHERE i.library = p_library
+      AND (p_error_type IS NULL OR f.error_type = p_error_type)
+      AND (NOT p_dead_only OR f.dead)
+    ORDER BY i.path
+    LIMIT p_limit
+$$;
+
+-- One registered image of a library with its detection summary; no row if none.
+CREATE OR REPLACE FUNCTION facescan.image_by_path(p_library text, p_path text)
+RETURNS TABLE (
+    id bigint, path text, state facescan.image_state, step smallint, attempts smallint,
+    error_type facescan.error_type, degraded boolean, face_count integer, width integer,
+    height integer, model text, scale real, original_width integer, original_height integer
+)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    SELECT i.id, i.path, i.state, i.step, i.attempts, i.error_type, i.degraded, i.face_count,
+           i.width, i.height, d.model, d.scale, d.original_width, d.original_height
+    FROM facescan.images i
+    LEFT JOIN facescan.detections d ON d.image_id = i.id
+    WHERE i.library = p_library AND i.path = p_path
+$$;
+
+-- The committed faces of one image, boxes in original pixels.
+CREATE OR REPLACE FUNCTION facescan.faces_of_image(p_image_id bigint)
+RETURNS TABLE (
+    box_top integer, box_right integer, box_bottom integer, box_left integer, score real,
+    model text, scale real, landmarks real[]
+)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(i.library, true) FROM facescan.images i WHERE i.id = p_image_id;
+    SELECT f.box_top, f.box_right, f.box_bottom, f.box_left, f.score, f.model, d.scale,
+           f.landmarks
+    FROM facescan.faces f
+    JOIN facescan.detections d ON d.image_id = f.image_id
+    WHERE f.image_id = p_image_id
+    ORDER BY f.box_left, f.box_top, f.id
+$$;
+
+-- (path, face count) of every done image of a library.
+CREATE OR REPLACE FUNCTION facescan.faces_per_image(p_library text)
+RETURNS TABLE (path text, face_count integer)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    SELECT i.path, i.face_count FROM facescan.images i
+    WHERE i.library = p_library AND i.state = 'done'
+    ORDER BY i.path
+$$;
+
+-- Search path of the SECURITY DEFINER functions -----------------------------------------
+
+-- Each runs with pg_catalog first, then the schema of pgvector (its vector type) and
+-- pg_temp last, so that no object a caller creates (a temporary table, type or
+-- function) can stand in for one the function means while it runs as the owner.
+-- (ALTER after CREATE OR REPLACE: the schema of pgvector is known only here.)
+DO $$
+DECLARE
+    v_function regprocedure;
+    v_path text := concat_ws(', ', 'pg_catalog',
+        (SELECT quote_ident(n.nspname) FROM pg_extension e
+         JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'),
+        'pg_temp');
+BEGIN
+    FOR v_function IN
+        SELECT p.oid FROM pg_proc p
+        WHERE p.pronamespace = 'facescan'::regnamespace AND p.prosecdef
+        ORDER BY p.oid
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = %s', v_function, v_path);
+    END LOOP;
+END
 $$;
 

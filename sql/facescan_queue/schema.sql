@@ -51,6 +51,9 @@ CREATE TABLE facescan.libraries (
     missing_backoff_s integer NOT NULL DEFAULT 3600 CHECK (missing_backoff_s > 0),
     unavailable_delay_s integer NOT NULL DEFAULT 60 CHECK (unavailable_delay_s > 0),
     created_at timestamptz NOT NULL DEFAULT now(),
+    -- uncharged `unavailable` failures of one image (counted only while other images of
+    -- the library succeed) before further ones are charged like any other failure
+    unavailable_grace integer NOT NULL DEFAULT 5 CHECK (unavailable_grace >= 0),
     CHECK (cardinality(cascade_models) >= 1
            AND cardinality(cascade_models) = cardinality(cascade_scales)
            AND cascade_models <@ '{hog,cnn,insightface}'::text[]
@@ -112,6 +115,9 @@ CREATE TABLE facescan.images (
     face_count integer NOT NULL DEFAULT 0,
     registered_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
+    -- `unavailable` failures counted against the library's unavailable_grace since the
+    -- image last succeeded or was requeued
+    unavailable_count smallint NOT NULL DEFAULT 0,
     CONSTRAINT images_library_path_key UNIQUE (library, path),
     CONSTRAINT images_leased_has_owner CHECK ((state = 'leased') = (lease_owner IS NOT NULL))
 ) WITH (fillfactor = 80);  -- room on each page for HOT updates while an image is worked on
@@ -216,6 +222,21 @@ CREATE TABLE facescan.image_counts (
         (library, state, step, size_class, error_type, degraded, shard)
 );
 
+-- Which database roles may use which library through the queue's functions (`facescan
+-- db grant`). Such a role needs no table privilege: the functions its calls name run as
+-- the schema's owner (SECURITY DEFINER) and each one refuses a library the session's
+-- role is not listed for here (facescan.authorize). operator: the control plane's calls
+-- too (register, claim, release, requeue, status); without it a detector's only (start,
+-- commit, fail, heartbeat, release its lease). The schema's owner, and a role granted
+-- every privilege on facescan.images, may use every library without a row here.
+CREATE TABLE facescan.library_roles (
+    role text NOT NULL CHECK (role <> ''),
+    library text NOT NULL CHECK (library <> ''),
+    operator boolean NOT NULL DEFAULT false,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (role, library)
+);
+
 -- A view shaped like the older worker's face_detection_failures table.
 CREATE VIEW facescan.face_detection_failures AS
 SELECT
@@ -237,3 +258,4 @@ JOIN facescan.images i ON i.id = f.image_id;
 
 INSERT INTO facescan.schema_version (version, description) VALUES (1, 'initial schema');
 INSERT INTO facescan.schema_version (version, description) VALUES (2, 'cheaper queue transitions');
+INSERT INTO facescan.schema_version (version, description) VALUES (3, 'library roles');

@@ -3,6 +3,7 @@ image to a given state, and reading the truth straight from the tables."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -79,6 +80,21 @@ async def claim_and_start(
     started = await queue.start_next(owner)
     assert started is not None
     return started
+
+
+def as_user(dsn: str, user: str) -> str:
+    """The same database as another user (the server trusts its unix socket)."""
+    assert dsn.startswith("postgresql://postgres:@")
+    return dsn.replace("postgresql://postgres:@", f"postgresql://{user}:@", 1)
+
+
+async def new_role(db: asyncpg.Connection, *grants: str, prefix: str = "limited") -> str:
+    """A new LOGIN role with the given GRANTs ({role} stands for its quoted name)."""
+    role = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    await db.execute(f'CREATE ROLE "{role}" LOGIN')
+    for grant in grants:
+        await db.execute(grant.format(role=f'"{role}"'))
+    return role
 
 
 async def make_due(db: asyncpg.Connection) -> None:

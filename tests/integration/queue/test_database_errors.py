@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import shlex
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -11,27 +11,13 @@ import pytest
 from pydantic import SecretStr
 
 from facescan_queue import errors, queries, repository
-from facescan_queue.migrate import migrate
+from facescan_queue.migrate import grant_library, migrate
 from facescan_queue.models import NewImage
 from facescan_queue.queries import latest_version
 from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings
 
-from .support import LIB, face, result
-
-
-def _as_user(dsn: str, user: str) -> str:
-    """The same database as another user (the server trusts its unix socket)."""
-    assert dsn.startswith("postgresql://postgres:@")
-    return dsn.replace("postgresql://postgres:@", f"postgresql://{user}:@", 1)
-
-
-async def _new_role(db: asyncpg.Connection, *grants: str) -> str:
-    role = f"limited_{uuid.uuid4().hex[:8]}"
-    await db.execute(f'CREATE ROLE "{role}" LOGIN')
-    for grant in grants:
-        await db.execute(grant.format(role=f'"{role}"'))
-    return role
+from .support import LIB, as_user, face, new_role, result
 
 
 def _grants(role: str) -> list[str]:
@@ -98,10 +84,10 @@ async def test_an_older_schema_says_to_migrate(dsn: str, db: asyncpg.Connection)
 async def test_a_user_without_grants_is_told_the_exact_grants(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    role = await _new_role(db)
+    role = await new_role(db)
 
     with pytest.raises(errors.PermissionDenied) as caught:
-        await Queue.connect(DatabaseSettings(dsn=SecretStr(_as_user(dsn, role))))
+        await Queue.connect(DatabaseSettings(dsn=SecretStr(as_user(dsn, role))))
 
     message = str(caught.value)
     assert role in message
@@ -112,51 +98,64 @@ async def test_a_user_without_grants_is_told_the_exact_grants(
 async def test_a_user_without_table_grants_is_told_which_tables(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    role = await _new_role(db, "GRANT USAGE ON SCHEMA facescan TO {role}")
+    role = await new_role(db, "GRANT USAGE ON SCHEMA facescan TO {role}")
 
     with pytest.raises(errors.PermissionDenied, match="images") as caught:
-        await Queue.connect(DatabaseSettings(dsn=SecretStr(_as_user(dsn, role))))
+        await Queue.connect(DatabaseSettings(dsn=SecretStr(as_user(dsn, role))))
     assert _grants(role)[1] in str(caught.value)
 
 
 async def test_a_read_only_user_is_refused_at_connect(dsn: str, db: asyncpg.Connection) -> None:
     # has_table_privilege(t, 'SELECT, INSERT, ...') is true when ANY of them is held
-    role = await _new_role(
+    role = await new_role(
         db,
         "GRANT USAGE ON SCHEMA facescan TO {role}",
         "GRANT SELECT ON ALL TABLES IN SCHEMA facescan TO {role}",
     )
 
     with pytest.raises(errors.PermissionDenied, match="GRANT SELECT, INSERT, UPDATE, DELETE"):
-        await Queue.connect(DatabaseSettings(dsn=SecretStr(_as_user(dsn, role))))
+        await Queue.connect(DatabaseSettings(dsn=SecretStr(as_user(dsn, role))))
 
 
-async def test_a_refused_write_is_permission_denied_naming_the_table(
+async def test_a_refused_write_names_the_library_and_the_grant_that_allows_it(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    role = await _new_role(
+    role = await new_role(
         db,
         "GRANT USAGE ON SCHEMA facescan TO {role}",
         "GRANT SELECT ON ALL TABLES IN SCHEMA facescan TO {role}",
     )
     await db.execute("SELECT facescan.ensure_library($1)", LIB)
-    settings = DatabaseSettings(dsn=SecretStr(_as_user(dsn, role)))
+    settings = DatabaseSettings(dsn=SecretStr(as_user(dsn, role)))
     async with await Queue.connect(settings, check_schema=False) as queue:
-        with pytest.raises(errors.PermissionDenied, match="images") as caught:
+        with pytest.raises(errors.PermissionDenied, match=f"library '{LIB}'") as caught:
             await queue.register(LIB, [NewImage("a.jpg")])
-    assert _grants(role)[0] in str(caught.value)
+        assert await db.fetchval("SELECT count(*) FROM facescan.images") == 0
+
+        # the advice, run as printed (by the schema's owner), lets exactly that call through
+        advice = str(caught.value)
+        command = shlex.split(advice[advice.index("facescan db grant") :])
+        assert command[:3] == ["facescan", "db", "grant"]
+        options = dict(zip(command[3::2], command[4::2], strict=False))
+        await grant_library(
+            DatabaseSettings(dsn=SecretStr(dsn)),
+            options["--role"],
+            options["--library"],
+            operator="--operator" in command,
+        )
+        assert await queue.register(LIB, [NewImage("a.jpg")]) == 1
 
 
 async def test_the_advised_grants_are_enough_to_run_the_queue(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    role = await _new_role(db)
+    role = await new_role(db)
     with pytest.raises(errors.PermissionDenied) as caught:
-        await Queue.connect(DatabaseSettings(dsn=SecretStr(_as_user(dsn, role))))
+        await Queue.connect(DatabaseSettings(dsn=SecretStr(as_user(dsn, role))))
     advice = str(caught.value)
     await db.execute(advice[advice.index("GRANT") :])
 
-    async with await Queue.connect(DatabaseSettings(dsn=SecretStr(_as_user(dsn, role)))) as queue:
+    async with await Queue.connect(DatabaseSettings(dsn=SecretStr(as_user(dsn, role)))) as queue:
         await queue.ensure_library(LIB)
         assert await queue.register(LIB, [NewImage("a.jpg", 10, 10)]) == 1
         assert await queue.claim(LIB, "w", step=0, size_class=0, limit=1, lease_seconds=60)
@@ -164,6 +163,28 @@ async def test_the_advised_grants_are_enough_to_run_the_queue(
         assert started is not None
         await queue.complete(started.image_id, "w", result([face()]))
         assert (await queue.status(LIB)).faces == 1
+
+
+async def test_migrate_by_a_role_that_does_not_own_the_schema_names_the_owner(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    """The GRANTs facescan advises for using every library, plus CREATE on the database,
+    still cannot change the schema: the advice names the role that can."""
+    role = await new_role(db)
+    for grant in _grants(role):
+        await db.execute(grant)
+    database = urlsplit(dsn).path.lstrip("/")
+    await db.execute(f'GRANT CREATE ON DATABASE "{database}" TO "{role}"')
+
+    with pytest.raises(errors.PermissionDenied) as caught:
+        await migrate(DatabaseSettings(dsn=SecretStr(as_user(dsn, role))))
+
+    message = str(caught.value)
+    assert "only the owner of the facescan schema (postgres)" in message
+    assert "run `facescan db migrate` with a URL of postgres" in message
+    assert "GRANT CREATE" not in message
+    # the advice works: the owner migrates
+    assert (await migrate(DatabaseSettings(dsn=SecretStr(dsn)))).applied == ()
 
 
 async def test_migrate_applies_everything_once(empty_dsn: str) -> None:

@@ -217,6 +217,84 @@ async def test_unavailable_burns_nothing_and_writes_no_failure(
     assert (await queue.status(LIB)).retrying == 0
 
 
+async def test_unavailable_on_one_image_while_others_succeed_is_charged_after_a_bound(
+    queue: Queue, db: asyncpg.Connection
+) -> None:
+    """An image whose file always fails to read (an I/O error: `unavailable`) while the
+    library's other images succeed retries uncharged unavailable_grace (5) times, then
+    each failure is charged until it is dead with its reason kept: not for ever, one
+    attempt row each time."""
+    await register(queue, 2)
+    good = await claim_and_start(queue, "ok")
+    await queue.complete(good.image_id, "ok", result([face()]))
+    await queue.release("ok")
+    bad = int(await db.fetchval("SELECT id FROM facescan.images WHERE state = 'pending'"))
+
+    for attempt in range(1, 6):  # the grace: as during an outage
+        outcome = await _fail_once(queue, db, f"u{attempt}", ErrorType.UNAVAILABLE)
+        assert await seconds_until(db, outcome.next_attempt_at) == pytest.approx(60, abs=2)
+        row = await image_row(db, bad)
+        assert (row["state"], row["attempts"], row["unavailable_count"]) == ("pending", 0, attempt)
+        assert await failure_row(db, bad) is None
+    for attempt in range(1, 5):  # then charged as any failure: backoff 60 s x 2^(n-1)
+        outcome = await _fail_once(queue, db, f"c{attempt}", ErrorType.UNAVAILABLE)
+        assert outcome.state == ImageState.PENDING
+        assert await seconds_until(db, outcome.next_attempt_at) == pytest.approx(
+            60 * 2 ** (attempt - 1), abs=2
+        )
+        row = await image_row(db, bad)
+        assert (row["attempts"], row["error_type"]) == (attempt, "unavailable")
+    outcome = await _fail_once(queue, db, "c5", ErrorType.UNAVAILABLE, error="EIO")
+
+    assert outcome.state == ImageState.DEAD
+    failure = await failure_row(db, bad)
+    assert failure is not None
+    assert (failure["error_type"], failure["dead"], failure["last_error"]) == (
+        "unavailable",
+        True,
+        "EIO",
+    )
+    status = await queue.status(LIB)
+    assert (status.done, status.dead, status.by_error_type) == (1, 1, {"unavailable": 1})
+    await make_due(db)
+    assert await claim(queue, "after") == []
+    attempts = await db.fetchval("SELECT count(*) FROM facescan.attempts WHERE image_id = $1", bad)
+    assert attempts == 10  # grace + max_attempts, then no more
+
+    # requeued by hand, it has its grace again
+    assert await queue.requeue(LIB, only_dead=True) == 1
+    await _fail_once(queue, db, "again", ErrorType.UNAVAILABLE)
+    row = await image_row(db, bad)
+    assert (row["state"], row["attempts"], row["unavailable_count"]) == ("pending", 0, 1)
+
+
+async def test_unavailable_during_an_outage_is_not_counted_against_the_bound(
+    queue: Queue, db: asyncpg.Connection
+) -> None:
+    """Once the library's last 20 finished attempts hold no success (an outage), further
+    `unavailable` failures count nothing, however many."""
+    await register(queue, 2)
+    good = await claim_and_start(queue, "ok")
+    await queue.complete(good.image_id, "ok", result())
+    await queue.release("ok")
+    bad = int(await db.fetchval("SELECT id FROM facescan.images WHERE state = 'pending'"))
+    await db.execute(
+        "INSERT INTO facescan.attempts (image_id, library, worker, step, model, scale,"
+        " finished_at, outcome, error_type)"
+        " SELECT $1, $2, 'elsewhere', 0, 'cnn', 1, now(), 'failed', 'unavailable'"
+        " FROM generate_series(1, 20)",
+        good.image_id,
+        LIB,
+    )
+
+    for attempt in range(1, 8):
+        outcome = await _fail_once(queue, db, f"u{attempt}", ErrorType.UNAVAILABLE)
+        assert outcome.state == ImageState.PENDING
+    row = await image_row(db, bad)
+    assert (row["attempts"], row["unavailable_count"], row["error_type"]) == (0, 0, None)
+    assert await failure_row(db, bad) is None
+
+
 async def test_unavailable_keeps_the_failure_an_image_already_had(
     queue: Queue, db: asyncpg.Connection
 ) -> None:
