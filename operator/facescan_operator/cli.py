@@ -1,9 +1,12 @@
 """`facescan`: scan a photo library on this machine and inspect the queue.
 
-Every command but `operator` takes --dsn (a PostgreSQL URL; FACESCAN_DSN) or --data-dir
-(the embedded PostgreSQL's directory, used when no DSN is given). Exit codes: 0 success
-(failed images are data, not errors), 2 usage error or unknown image or library, 3
-database error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+Every command but `operator` takes --dsn (a PostgreSQL URL; FACESCAN_DSN, or a file named
+by FACESCAN_DSN_FILE) or --data-dir (the embedded PostgreSQL's directory, used when no
+DSN is given). Exit codes: 0 success (failed images are data, not errors), 2 usage error
+(a malformed database URL included) or unknown image or library, 3
+database error, 4 the detectors of `scan` cannot run (they cannot start, or the scan
+started the most processes it may), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+The README has the table of every code and its causes.
 """
 
 from __future__ import annotations
@@ -16,18 +19,25 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 from pydantic import SecretStr
 
 from facescan_operator import commands
-from facescan_operator.embedded_db import EmbeddedDatabase, default_data_dir
-from facescan_queue.errors import QueueError, UnknownImage, UnknownLibrary
-from facescan_queue.migrate import migrate
+from facescan_operator.embedded_db import (
+    EmbeddedDatabase,
+    EmbeddedDatabaseError,
+    default_data_dir,
+)
+from facescan_operator.local import DetectorsCannotRun
+from facescan_queue.errors import InvalidArgument, QueueError, UnknownImage, UnknownLibrary
+from facescan_queue.migrate import grant_library, migrate, migrate_if_owner
 from facescan_queue.repository import Queue
-from facescan_queue.settings import DatabaseSettings
+from facescan_queue.settings import DatabaseSettings, DsnError, parse_dsn, read_dsn_file
 from facescan_queue.types import ErrorType
 
 T = TypeVar("T")
@@ -40,17 +50,63 @@ class LogLevel(StrEnum):
     ERROR = "error"
 
 
+EXIT_USAGE = 2
 EXIT_DATABASE = 3
+EXIT_DETECTORS = 4
+"""`scan`: the detectors cannot run (cannot start, or the scan's bound of processes)."""
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+
+
+class UsageCommand(typer.core.TyperCommand):
+    """A command whose usage line names its arguments as people expect (`PATH...`,
+    `[PATH]...`), as uv, ruff or kubectl do (typer writes `{paths}...`)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or (param.name or "").upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"facescan {version('facescan')}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     help="Find every face in a photo library without losing one.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # plain help: paragraphs rewrapped, no types on flags
 )
-db_app = typer.Typer(help="Manage the facescan database.", no_args_is_help=True)
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_version,
+            is_eager=True,
+            help="Print facescan's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Find every face in a photo library without losing one."""
+
+
+db_app = typer.Typer(
+    help="Manage the facescan database.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(db_app, name="db")
 
 DsnOption = Annotated[
@@ -59,7 +115,10 @@ DsnOption = Annotated[
         "--dsn",
         envvar="FACESCAN_DSN",
         show_envvar=True,
-        help="PostgreSQL URL. Without it, an embedded PostgreSQL in --data-dir.",
+        help="PostgreSQL URL, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (a command "
+        "line is visible to every user of the machine: prefer FACESCAN_DSN, or "
+        "FACESCAN_DSN_FILE naming a file that holds the URL). Without any, an embedded "
+        "PostgreSQL in --data-dir.",
     ),
 ]
 DataDirOption = Annotated[
@@ -83,12 +142,25 @@ JsonOption = Annotated[
 
 
 def _database(dsn: str | None, data_dir: Path | None, *, create: bool) -> tuple[str, Any]:
+    """The database URL to use, checked (a malformed one is a usage error whose message
+    quotes none of it), and the embedded database started for it if there is no URL."""
+    try:
+        if not dsn and os.environ.get("FACESCAN_DSN_FILE"):
+            dsn = read_dsn_file(Path(os.environ["FACESCAN_DSN_FILE"]))
+        if dsn:
+            parse_dsn(dsn)
+    except DsnError as exc:
+        _fail(str(exc))
     if dsn:
         return dsn, None
     directory = data_dir or default_data_dir()
     if not create and not (directory / "PG_VERSION").exists():
         _fail(f"no facescan database in {directory}: run `facescan scan DIR` first, or give --dsn")
-    embedded = EmbeddedDatabase(directory)
+    try:
+        embedded = EmbeddedDatabase(directory)
+    except EmbeddedDatabaseError as exc:
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE if exc.usage else EXIT_DATABASE) from None
     return embedded.dsn, embedded
 
 
@@ -108,8 +180,10 @@ def _run(
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        if create or embedded is not None:
-            await migrate(settings)
+        if embedded is not None:
+            await migrate(settings)  # the embedded database is this command's own
+        elif create:
+            await migrate_if_owner(settings)  # a role granted libraries: the admin migrates
         queue = await Queue.connect(settings, max_size=4)
         try:
             return await main(queue, url)
@@ -118,12 +192,18 @@ def _run(
 
     try:
         return asyncio.run(go())
-    except (UnknownImage, UnknownLibrary) as exc:
+    except (UnknownImage, UnknownLibrary, DsnError) as exc:
         print(f"facescan: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     except QueueError as exc:
         print(f"facescan: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_DATABASE) from None
+    except DetectorsCannotRun as exc:
+        print(
+            f"facescan: {exc}; unfinished images were handed back to the queue",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_DETECTORS) from None
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         print(
             "facescan: interrupted; unfinished images were handed back to the queue",
@@ -148,10 +228,11 @@ def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
         print(text)
 
 
-@app.command()
+@app.command(cls=UsageCommand)
 def scan(
     paths: Annotated[
-        list[Path], typer.Argument(help="Directories (or image files) to scan.", exists=True)
+        list[Path],
+        typer.Argument(help="Directories (or image files) to scan.", exists=True, metavar="PATH"),
     ],
     dsn: DsnOption = None,
     data_dir: DataDirOption = None,
@@ -163,37 +244,74 @@ def scan(
         ),
     ] = commands.Model.HOG,
     workers: Annotated[
-        int, typer.Option(min=1, help="Detector processes at once (default: number of CPUs).")
+        int,
+        typer.Option(min=1, max=1024, help="Detector processes at once (default: number of CPUs)."),
     ] = os.cpu_count() or 1,
     memory_limit: Annotated[
         str | None,
         typer.Option(
-            help="Most memory one detector may use, "
-            "e.g. 2G or 512M; enforced like a container limit."
+            help="Most memory one detector may use, e.g. 2G or 512M; enforced like a "
+            f"container limit; at least {commands.min_memory_limit(commands.Model.HOG) >> 20}M, "
+            "what a detector needs to load its model and start an image.",
         ),
     ] = None,
     max_dimension: Annotated[
-        int, typer.Option(min=0, help="Cap on the long side before detection (0: none).")
+        int,
+        typer.Option(
+            min=0,
+            help=f"Cap on the long side before detection: 0 (none) or at least "
+            f"{commands.MIN_MAX_DIMENSION}.",
+        ),
     ] = 1280,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per detector process.")] = 25,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10000, help="Images per detector process.")
+    ] = 25,
     image_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds per image before it fails as timeout.")
     ] = 300.0,
     model_dir: Annotated[
         Path | None, typer.Option(help="InsightFace ONNX models (det_*.onnx, w600k_*.onnx).")
     ] = None,
+    rescan: Annotated[
+        bool,
+        typer.Option(
+            "--rescan",
+            help="Redo the images done with another model or max dimension (otherwise they "
+            "are kept, and counted in the summary).",
+        ),
+    ] = False,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="When stderr is not a terminal: a progress line every this many seconds "
+            "(0: none). On a terminal a progress bar with rate and time left.",
+        ),
+    ] = 30.0,
     as_json: JsonOption = False,
 ) -> None:
     """Register every image under PATH and detect faces until none is runnable now.
 
-    Images already done are not redone: running it again resumes. Images that fail are
-    retried with backoff and listed by `facescan failures`.
+    Images are regular files ending in .jpg, .jpeg, .png, .heic, .heif, .webp, .gif, .bmp,
+    .tif or .tiff (any case) under PATH, recursively; symbolic links (an image linked
+    from within PATH is registered once, by its own path), FIFOs, devices, hidden
+    directories (names starting with a dot) and other files are skipped. Images already
+    done are not redone: running it
+    again resumes; done with another --model or --max-dimension, they are kept unless
+    --rescan. Images that fail are retried with backoff and listed by `facescan
+    failures`. The summary lists each image's faces for 30 images or fewer, then the
+    counts.
+
+    Exit codes: 0 done (failed images are data), 2 usage, 3 database, 4 the detectors
+    cannot run (model files missing, a memory limit too small for them to start).
     """
     try:
-        limit = commands.parse_size(memory_limit) if memory_limit else None
+        commands.check_max_dimension(max_dimension)
+        limit = commands.check_memory_limit(memory_limit, model) if memory_limit else None
     except ValueError as exc:
         _fail(str(exc))
         return
+    terminal = sys.stderr.isatty() and not as_json
     options = commands.ScanOptions(
         model=model,
         workers=workers,
@@ -202,13 +320,15 @@ def scan(
         batch_size=batch_size,
         image_timeout_s=image_timeout,
         model_dir=model_dir,
-        progress=sys.stderr.isatty() and not as_json,
+        progress=terminal,
+        progress_every_s=None if terminal or progress_every == 0 else progress_every,
+        rescan=rescan,
     )
     summary = _run(lambda q, url: commands.scan(q, url, paths, options), dsn, data_dir, create=True)
     _emit(summary.as_json(), as_json, summary.text())
 
 
-@app.command()
+@app.command(cls=UsageCommand)
 def register(
     root: Annotated[
         Path,
@@ -240,7 +360,7 @@ def register(
     _emit(result, as_json, commands.register_text(result))
 
 
-@app.command()
+@app.command(cls=UsageCommand)
 def status(
     dsn: DsnOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
 ) -> None:
@@ -250,7 +370,7 @@ def status(
     _emit(data, as_json, commands.status_text(totals, per_library))
 
 
-@app.command()
+@app.command(cls=UsageCommand)
 def failures(
     dsn: DsnOption = None,
     data_dir: DataDirOption = None,
@@ -266,7 +386,7 @@ def failures(
     _emit({"failures": rows}, as_json, commands.failures_text(rows))
 
 
-@app.command()
+@app.command(cls=UsageCommand)
 def faces(
     path: Annotated[
         Path, typer.Argument(help="A scanned image file (relative to the root with --library).")
@@ -281,9 +401,14 @@ def faces(
     _emit(result, as_json, commands.faces_text(result))
 
 
-@app.command()
+@app.command(cls=UsageCommand)
 def requeue(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Only these image files.")] = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Only these image files (each must be a registered image).", metavar="PATH"
+        ),
+    ] = None,
     dsn: DsnOption = None,
     data_dir: DataDirOption = None,
     dead: Annotated[bool, typer.Option("--dead", help="Only dead images.")] = False,
@@ -302,16 +427,53 @@ def requeue(
     _emit(
         {"requeued": count},
         as_json,
-        f"requeued {count} images: the next `facescan scan` or the operator's next tick runs them",
+        f"requeued {commands.plural(count, 'image')}: the next `facescan scan` or the "
+        "operator's next tick runs them",
     )
 
 
-@db_app.command("migrate")
+@app.command(cls=UsageCommand)
+def rescan(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Scanned directories or registered image files (default: every library, "
+            "or --library).",
+            metavar="PATH",
+        ),
+    ] = None,
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every done image, not only the degraded ones.")
+    ] = False,
+    library: LibraryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queue done images again from the first cascade step, for full-quality results.
+
+    Without --all only degraded results (found at a reduced scale or with hog after the
+    model ran out of memory). Their faces stay until the new result replaces them; the
+    next `facescan scan` (with the model and --max-dimension it is given) or the
+    operator's next tick detects them."""
+    count = _run(lambda q, _: commands.rescan(q, paths or [], every, library), dsn, data_dir)
+    _emit(
+        {"rescanned": count},
+        as_json,
+        f"queued {commands.plural(count, 'image')} again: the next `facescan scan` or the "
+        "operator's next tick detects them",
+    )
+
+
+@db_app.command("migrate", cls=UsageCommand)
 def db_migrate(dsn: DsnOption = None, data_dir: DataDirOption = None) -> None:
     """Create or upgrade the facescan schema (idempotent)."""
     url, embedded = _database(dsn, data_dir, create=True)
     try:
         report = asyncio.run(migrate(DatabaseSettings(dsn=SecretStr(url))))
+    except DsnError as exc:
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
     except QueueError as exc:
         print(f"facescan: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_DATABASE) from None
@@ -324,7 +486,49 @@ def db_migrate(dsn: DsnOption = None, data_dir: DataDirOption = None) -> None:
         print(f"note: {note}")
 
 
-@app.command("import-legacy")
+@db_app.command("grant")
+def db_grant(
+    role: Annotated[
+        str, typer.Option("--role", help="An existing database role (CREATE ROLE ... LOGIN).")
+    ],
+    library: Annotated[
+        str, typer.Option("--library", help="The library, e.g. a FaceScan's <namespace>/<name>.")
+    ],
+    operator: Annotated[
+        bool,
+        typer.Option(
+            "--operator",
+            help="Also the operator's calls (register, claim, release, requeue, status), "
+            "not only a detector's (start, commit, fail, heartbeat).",
+        ),
+    ] = False,
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Let ROLE use one library through the queue's functions, and nothing else.
+
+    Run as the owner of the facescan schema. ROLE gets USAGE on the schema, SELECT on
+    facescan.schema_version and the library: no table privilege, no other library, no
+    change to the schema. Grants add up (run once per library)."""
+    url, embedded = _database(dsn, data_dir, create=False)
+    try:
+        asyncio.run(
+            grant_library(DatabaseSettings(dsn=SecretStr(url)), role, library, operator=operator)
+        )
+    except InvalidArgument as exc:  # no such role
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except QueueError as exc:
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_DATABASE) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    calls = "the operator's and a detector's calls" if operator else "a detector's calls"
+    print(f"role {role} may use library {library} for {calls}")
+
+
+@app.command("import-legacy", cls=UsageCommand)
 def import_legacy(
     root: Annotated[Path, typer.Option(help="Library root the legacy image paths are under.")],
     library: Annotated[
@@ -350,7 +554,7 @@ def import_legacy(
     _emit(result, as_json, commands.import_text(result))
 
 
-@app.command()
+@app.command(cls=UsageCommand)
 def operator(
     namespace: Annotated[
         list[str] | None,

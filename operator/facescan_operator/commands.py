@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from facescan_operator.local import Libraries, LocalOptions, LocalRunner
 from facescan_operator.memlimit import MemoryLimiter
 from facescan_operator.planner import PlanSettings
 from facescan_operator.registration import read_header, scan_directory
-from facescan_operator.sizing import CalibrationTable
+from facescan_operator.sizing import MIB, CalibrationTable
 from facescan_queue.errors import UnknownImage, UnknownLibrary
 from facescan_queue.models import LibraryPolicy, NewImage, QueueStatus
 from facescan_queue.repository import Queue
@@ -53,6 +55,63 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[(match[2] or "")[:1].upper()])
 
 
+MIN_MAX_DIMENSION = 160
+"""The smallest --max-dimension (but 0, no cap) a detector can use: at the cascade's
+smallest scale (0.25) it leaves a 40 px face, the smallest dlib's detectors find at
+upsample 1. Below it every image would be done with 0 faces."""
+
+
+def check_max_dimension(value: int) -> int:
+    """--max-dimension: 0 (no cap) or at least MIN_MAX_DIMENSION; ValueError otherwise."""
+    if value != 0 and value < MIN_MAX_DIMENSION:
+        raise ValueError(
+            f"--max-dimension {value} is too small for any detector: give 0 (no cap) or at "
+            f"least {MIN_MAX_DIMENSION}"
+        )
+    return value
+
+
+def min_memory_limit(model: Model) -> int:
+    """The least memory a detector of this model's cascade needs to load its model and
+    start an image: the smallest calibrated base of the cascade's models, in bytes."""
+    table = CalibrationTable.default()
+    base_mb = min(table.cost(m).base_mb for m, _ in CASCADES[model])
+    return int(base_mb) * MIB
+
+
+def check_memory_limit(text: str, model: Model) -> int:
+    """--memory-limit in bytes; ValueError if not a size or below min_memory_limit."""
+    limit = parse_size(text)
+    least = min_memory_limit(model)
+    if limit < least:
+        raise ValueError(
+            f"--memory-limit {text} is below the {least // MIB} MiB a {model} detector needs "
+            f"to load its models and start an image: give at least {least // MIB}M"
+        )
+    return limit
+
+
+def plural(count: int, word: str) -> str:
+    """'1 image', '2 images', '0 faces'."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def local_time(when: datetime | None) -> str:
+    """A time for a person: this machine's time zone, to the second."""
+    if when is None:
+        return "-"
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def utc_iso(when: datetime | None) -> str | None:
+    """A time for a program: UTC, ISO 8601."""
+    return when.astimezone(UTC).isoformat() if when is not None else None
+
+
+STARTUP_FAILURE_BUDGET = 3
+"""Detectors in a row that may die before starting any image before a scan ends (exit 4)."""
+
+
 @dataclass(frozen=True)
 class ScanOptions:
     model: Model
@@ -63,6 +122,11 @@ class ScanOptions:
     image_timeout_s: float
     model_dir: Path | None
     progress: bool
+    """A progress bar redrawn on stderr (stderr is a terminal)."""
+    progress_every_s: float | None = None
+    """Otherwise a plain progress line on stderr this often (None: none)."""
+    rescan: bool = False
+    """Redo the images done with another model or max dimension."""
 
 
 @dataclass
@@ -73,27 +137,67 @@ class ScanSummary:
     enforcement: str
     events: list[str] = field(default_factory=list)
     faces_by_image: list[tuple[str, int]] = field(default_factory=list)
+    other_settings: list[tuple[str, float, int, int]] = field(default_factory=list)
+    """(model, scale, max dimension, images) done with other settings and kept."""
+    rescanned: int = 0
+    """Images done with other settings queued again (--rescan)."""
+    settings: str = ""
+    """This scan's model and max dimension, as the text names them."""
+    next_retry: datetime | None = None
+    """When the first image waiting for its retry back-off is due (None: none waits)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
             **self.totals.as_json(),
             "registered": self.registered,
+            "rescanned": self.rescanned,
+            "done_with_other_settings": sum(n for *_, n in self.other_settings),
             "memory_enforcement": self.enforcement,
+            "next_retry": utc_iso(self.next_retry),
             "libraries": {k: v.as_json() for k, v in self.libraries.items()},
         }
 
     def text(self) -> str:
-        lines = [f"{path}: {n} face{'s' if n != 1 else ''}" for path, n in self.faces_by_image]
+        lines = [f"{path}: {plural(n, 'face')}" for path, n in self.faces_by_image]
+        lines.append(status_line(self.totals))
         t = self.totals
-        lines.append(
-            f"{t.images} images: {t.done} done ({t.faces} faces, {t.degraded} degraded), "
-            f"{t.retrying} retrying, {t.dead} dead, {t.pending - t.retrying} pending"
-        )
         if t.by_error_type:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(t.by_error_type.items()))
             lines.append(f"failing: {kinds} (see `facescan failures`)")
+        if self.next_retry is not None:
+            lines.append(
+                "pending images wait for their retry back-off, the first until "
+                f"{local_time(self.next_retry)}: "
+                "run `facescan scan` again then, or `facescan requeue` to retry them now"
+            )
+        if self.rescanned:
+            lines.append(f"rescanned {plural(self.rescanned, 'image')} with {self.settings}")
+        if self.other_settings:
+            kept = sum(n for *_, n in self.other_settings)
+            found = ", ".join(
+                f"{n} with {model}@{scale:g} at max dimension {_dimension(dim)}"
+                for model, scale, dim, n in self.other_settings
+            )
+            lines.append(
+                f"{plural(kept, 'image')} done with other settings kept ({found}), not "
+                f"{self.settings}: `facescan scan --rescan` with these options redoes them"
+            )
         lines.append(f"memory limits: {self.enforcement}")
         return "\n".join(lines)
+
+
+def _dimension(value: int) -> str:
+    return str(value) if value else "none"
+
+
+def status_line(t: QueueStatus) -> str:
+    """'6 images: 4 done (5 faces, 0 degraded), 1 in progress, 1 pending (1 retrying),
+    0 dead': the fields of --json, pending including retrying."""
+    return (
+        f"{plural(t.images, 'image')}: {t.done} done ({plural(t.faces, 'face')}, "
+        f"{t.degraded} degraded), {t.leased} in progress, {t.pending} pending "
+        f"({t.retrying} retrying), {t.dead} dead"
+    )
 
 
 def _memory_budget() -> int | None:
@@ -112,18 +216,30 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         cascade_models=tuple(m for m, _ in cascade), cascade_scales=tuple(s for _, s in cascade)
     )
     libraries = Libraries({}, {})
-    registered = 0
+    registered = rescanned = 0
+    other_settings: list[tuple[str, float, int, int]] = []
+    process_bound = 0
     for path in paths:
         path = path.resolve()
         root = path if path.is_dir() else path.parent
         name = str(root)
-        await queue.ensure_library(name, policy)
+        library = await queue.ensure_library(name, policy)
         if path.is_dir():
             images = scan_directory(root)
         else:
             header = read_header(path)
             images = [NewImage(path.name, header.width, header.height, header.file_bytes)]
         registered += await queue.register(name, images)
+        if options.rescan:
+            rescanned += await queue.rescan_other_settings(name, cascade, options.max_dimension)
+        else:
+            other_settings += await queue.done_with_other_settings(
+                name, cascade, options.max_dimension
+            )
+        if name not in libraries.roots:
+            s = await queue.status(name)
+            # each attempt either steps down the cascade or burns one of the image's attempts
+            process_bound += (s.images - s.done - s.dead) * (len(cascade) + library.max_attempts)
         libraries.roots[name] = root
         libraries.settings[name] = PlanSettings(
             cascade=cascade,
@@ -140,8 +256,16 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         memory_budget=_memory_budget(),
         image_timeout_s=options.image_timeout_s,
         model_dir=options.model_dir,
+        startup_failure_budget=STARTUP_FAILURE_BUDGET,
+        # and a start-up budget of detectors per worker slot (probes, workers that die
+        # before their first image)
+        max_processes=process_bound + options.workers * STARTUP_FAILURE_BUDGET,
     )
-    progress = _Progress(queue, list(libraries.roots)) if options.progress else None
+    progress = (
+        _Progress(queue, list(libraries.roots), options.progress, options.progress_every_s)
+        if options.progress or options.progress_every_s
+        else None
+    )
     runner = LocalRunner(queue, dsn, local, limiter, on_tick=progress.update if progress else None)
     try:
         await runner.run(libraries)
@@ -149,14 +273,28 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         if progress:
             progress.finish()
     per_library = {name: await queue.status(name) for name in libraries.roots}
+    retries = [await queue.next_retry(name) for name in libraries.roots]
     faces_by_image: list[tuple[str, int]] = []
     totals = _sum(per_library.values())
-    if totals.images <= 30:
+    if totals.images <= PER_IMAGE_LINES:
         for name in libraries.roots:
             faces_by_image += await _faces_per_image(queue, name)
     return ScanSummary(
-        totals, per_library, registered, str(limiter.enforcement), runner.events, faces_by_image
+        totals,
+        per_library,
+        registered,
+        str(limiter.enforcement),
+        runner.events,
+        faces_by_image,
+        other_settings,
+        rescanned,
+        f"{options.model} at max dimension {_dimension(options.max_dimension)}",
+        min((due for due in retries if due is not None), default=None),
     )
+
+
+PER_IMAGE_LINES = 30
+"""`scan` prints a line per image (its faces) for this many images or fewer."""
 
 
 async def _faces_per_image(queue: Queue, library: str) -> list[tuple[str, int]]:
@@ -164,27 +302,59 @@ async def _faces_per_image(queue: Queue, library: str) -> list[tuple[str, int]]:
 
 
 class _Progress:
-    """A one-line progress bar on stderr, redrawn from the counters."""
+    """Progress on stderr, from the counters: on a terminal a bar redrawn each tick with
+    the rate and the time left; otherwise a plain line every ``every_s`` seconds."""
 
-    def __init__(self, queue: Queue, libraries: list[str]) -> None:
+    def __init__(
+        self, queue: Queue, libraries: list[str], terminal: bool, every_s: float | None
+    ) -> None:
         self.queue, self.libraries, self.drawn = queue, libraries, False
+        self.terminal, self.every_s = terminal, every_s
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.first_finished: int | None = None
 
     async def update(self) -> None:
+        now = time.monotonic()
+        if not self.terminal and (self.every_s is None or now - self.last_line < self.every_s):
+            return
         t = _sum([await self.queue.status(name) for name in self.libraries])
         finished = t.done + t.dead
-        width = 30
-        filled = int(width * finished / t.images) if t.images else width
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(
-            f"\r[{bar}] {finished}/{t.images} done {t.done} faces {t.faces} "
-            f"retrying {t.retrying} dead {t.dead} running {t.leased}   "
+        if self.first_finished is None:
+            self.first_finished = finished  # done before this scan: not in the rate
+        elapsed = now - self.started
+        rate = (finished - self.first_finished) / elapsed if elapsed > 0 else 0.0
+        left = t.pending + t.leased
+        eta = _duration(left / rate) if rate > 0 else "?"
+        counts = (
+            f"{finished}/{t.images} finished, {t.done} done, {plural(t.faces, 'face')}, "
+            f"{t.leased} in progress, {t.retrying} retrying, {t.dead} dead, "
+            f"{rate:.1f} images/s, {eta} left"
         )
+        if self.terminal:
+            width = 30
+            filled = int(width * finished / t.images) if t.images else width
+            bar = "#" * filled + "-" * (width - filled)
+            sys.stderr.write(f"\r[{bar}] {counts}   ")
+            self.drawn = True
+        else:
+            sys.stderr.write(f"progress: {counts}\n")
+            self.last_line = now
         sys.stderr.flush()
-        self.drawn = True
 
     def finish(self) -> None:
         if self.drawn:
             sys.stderr.write("\n")
+
+
+def _duration(seconds: float) -> str:
+    """'42 s', '3 min', '2 h 05 min'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(int(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def _sum(statuses: Any) -> QueueStatus:
@@ -205,17 +375,9 @@ async def status(queue: Queue, _dsn: str) -> tuple[QueueStatus, dict[str, QueueS
 
 
 def status_text(totals: QueueStatus, per_library: dict[str, QueueStatus]) -> str:
-    lines = []
-    for name, s in per_library.items():
-        lines.append(
-            f"{name}: {s.images} images, {s.done} done, {s.faces} faces, {s.degraded} "
-            f"degraded, {s.retrying} retrying, {s.dead} dead, {s.leased} in progress"
-        )
+    lines = [f"{name}: {status_line(s)}" for name, s in per_library.items()]
     t = totals
-    lines.append(
-        f"total: {t.images} images, {t.done} done, {t.faces} faces, "
-        f"{t.retrying} retrying, {t.dead} dead"
-    )
+    lines.append(f"total: {status_line(t)}")
     if t.by_error_type:
         lines.append(
             "failing by type: " + ", ".join(f"{k} {v}" for k, v in sorted(t.by_error_type.items()))
@@ -276,7 +438,7 @@ async def failures(
                     "error_type": str(f.error_type),
                     "attempts": f.attempts,
                     "last_error": f.last_error,
-                    "next_retry_at": f.next_retry_at.isoformat() if f.next_retry_at else None,
+                    "next_retry_at": utc_iso(f.next_retry_at),
                     "dead": f.dead,
                 }
             )
@@ -288,11 +450,15 @@ def failures_text(rows: list[dict[str, Any]]) -> str:
         return "no failing images"
     lines = []
     for r in rows:
-        when = "dead" if r["dead"] else f"retry at {r['next_retry_at']}"
-        lines.append(
-            f"{r['path']}\t{r['error_type']}\t{r['attempts']} attempts\t{when}\t{r['last_error']}"
-        )
+        retry = r["next_retry_at"]
+        when = "dead" if r["dead"] else f"retry at {local_time(_parse_time(retry))}"
+        attempts = plural(r["attempts"], "attempt")
+        lines.append(f"{r['path']}\t{r['error_type']}\t{attempts}\t{when}\t{r['last_error']}")
     return "\n".join(lines)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 async def _locate(queue: Queue, path: Path, library: str | None = None) -> tuple[str, str]:
@@ -374,16 +540,48 @@ async def requeue(
                 for name in await _libraries(queue, library)
             ]
         )
-    by_library: dict[str, list[str]] = {}
-    for path in paths:
-        name, relative = await _locate(queue, path, library)
-        by_library.setdefault(name, []).append(relative)
+    by_library = await _registered(queue, paths, library)
     return sum(
         [
             await queue.requeue(name, only_dead=dead, error_type=error_type, paths=relatives)
             for name, relatives in by_library.items()
         ]
     )
+
+
+async def _registered(queue: Queue, paths: list[Path], library: str | None) -> dict[str, list[str]]:
+    """Library -> relative paths of the images named; UnknownImage for a path that is not
+    a registered image (as `faces` says)."""
+    by_library: dict[str, list[str]] = {}
+    for path in paths:
+        name, relative = await _locate(queue, path, library)
+        await queue.image(name, relative)
+        by_library.setdefault(name, []).append(relative)
+    return by_library
+
+
+async def rescan(queue: Queue, paths: list[Path], every: bool, library: str | None = None) -> int:
+    """Queues done images again from the first cascade step (degraded ones only unless
+    ``every``): PATHs are image files or scanned directories; without PATH every library
+    (or ``library``). The next `facescan scan` (or operator tick) detects them."""
+    if not paths:
+        return sum(
+            [
+                await queue.rescan(name, only_degraded=not every)
+                for name in await _libraries(queue, library)
+            ]
+        )
+    names = await queue.libraries()
+    count = 0
+    files: list[Path] = []
+    for path in paths:
+        if library is None and str(path.resolve()) in names:
+            count += await queue.rescan(str(path.resolve()), only_degraded=not every)
+        else:
+            files.append(path)
+    for name, relatives in (await _registered(queue, files, library)).items():
+        count += await queue.rescan(name, only_degraded=not every, paths=relatives)
+    return count
 
 
 async def import_legacy(

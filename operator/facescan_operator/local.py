@@ -7,14 +7,24 @@ killed for memory charges ``oom`` to the image it had started, which moves to th
 cascade step and is planned again on the next tick; a worker that died otherwise
 charges ``crash``; the rest of its batch goes back untouched. Runs until no image is
 runnable now and no worker is left.
+
+It never spins: a detector that says it cannot start (exit 2: model files, settings)
+ends the run at once, detectors that die before they start any image (a memory limit
+too small to load a model) end it after ``startup_failure_budget`` in a row, and the
+number of detector processes of one run is bounded (``max_processes``). Each raises
+:class:`DetectorsCannotRun`, whose message says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +46,18 @@ log = logging.getLogger("facescan.local")
 TICK_S = 0.25
 RECLAIM_EVERY_S = 2.0
 
+DETECTOR_CANNOT_START = 2
+"""`facescan-detector run` exit status: usage, settings or model files (never an image)."""
+DETECTOR_UNAVAILABLE = 75
+"""`facescan-detector run` exit status: database or library down (the breaker's concern)."""
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ [A-Z]+ [\w.]+: ")
+"""The detector's log line prefix (time, level, logger), left out of a message."""
+
+
+class DetectorsCannotRun(Exception):
+    """The run cannot make progress: its detectors cannot start, or it has started the
+    most detector processes it may (``LocalOptions.max_processes``)."""
+
 
 @dataclass(frozen=True)
 class LocalOptions:
@@ -49,6 +71,10 @@ class LocalOptions:
     model_dir: Path | None = None
     detector_command: tuple[str, ...] = ()
     """How to start a detector; default: facescan-detector beside this Python."""
+    startup_failure_budget: int = 3
+    """Detectors in a row that may die before starting any image before the run ends."""
+    max_processes: int | None = None
+    """Most detector processes this run starts (None: no bound)."""
 
 
 @dataclass
@@ -59,6 +85,7 @@ class Worker:
     process: subprocess.Popen[bytes]
     slot: Slot
     log_path: Path
+    claimed: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
     def running(self) -> RunningBatch:
@@ -95,8 +122,12 @@ class LocalRunner:
         self.events: list[str] = []
         self._serial = 0
         self._prefix = f"local-{socket.gethostname()}-{os.getpid()}"
-        self._logs = Path(tempfile.mkdtemp(prefix="facescan-workers-"))
+        _sweep_logs_of_dead_runs()
+        self._logs = Path(tempfile.mkdtemp(prefix=f"{LOGS_PREFIX}{os.getpid()}-"))
         self._last_reclaim = 0.0
+        self._startup_failures = 0
+        """Detectors in a row that died before starting any image."""
+        self._processes = 0
 
     async def run(self, libraries: Libraries) -> None:
         """Reconciles until nothing is runnable now and no worker is left."""
@@ -124,6 +155,7 @@ class LocalRunner:
                 await asyncio.sleep(TICK_S)
         finally:
             await self._stop_all()
+            shutil.rmtree(self._logs, ignore_errors=True)
 
     async def _tick(self, libraries: Libraries) -> bool:
         await self._reap()
@@ -180,6 +212,13 @@ class LocalRunner:
         return self.options.memory_budget - others
 
     async def _start(self, library: str, root: Path, batch: BatchPlan) -> bool:
+        bound = self.options.max_processes
+        if bound is not None and self._processes >= bound:
+            raise DetectorsCannotRun(
+                f"started {self._processes} detector processes, the most this scan allows "
+                f"for its images; the last ones ended: {'; '.join(self.events[-3:]) or 'ok'}. "
+                "Run `facescan scan` again to go on"
+            )
         self._serial += 1
         owner = f"{self._prefix}-{self._serial}"
         claimed = await self.queue.claim(
@@ -221,10 +260,13 @@ class LocalRunner:
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
                 env=env,
-                preexec_fn=slot.preexec(),
+                preexec_fn=_ended_with_this_process(slot.preexec()),
                 start_new_session=True,
             )
-        self.workers[owner] = Worker(owner, library, batch, process, slot, log_path)
+        self._processes += 1
+        self.workers[owner] = Worker(
+            owner, library, batch, process, slot, log_path, claimed=len(claimed)
+        )
         log.info(
             "started %s: %d images, step %d (%s@%g), size class %d, memory %d MiB",
             owner,
@@ -268,7 +310,36 @@ class LocalRunner:
                 )
             elif code not in (0, 3, 4):
                 self._event(f"{owner} exited with {code}: {_tail(worker.log_path)}")
+            tail = _LOG_PREFIX.sub("", _tail(worker.log_path))
             worker.log_path.unlink(missing_ok=True)
+            started_nothing = released.charged_image is None and released.released >= worker.claimed
+            self._judge_startup(worker, code, oom, started_nothing, tail)
+
+    def _judge_startup(
+        self, worker: Worker, code: int, oom: bool, started_nothing: bool, tail: str
+    ) -> None:
+        """Ends the run (DetectorsCannotRun) when its detectors cannot start."""
+        if code == DETECTOR_CANNOT_START:
+            raise DetectorsCannotRun(f"the detector cannot start: {tail}")
+        if code in (0, DETECTOR_UNAVAILABLE) or not started_nothing:
+            self._startup_failures = 0
+            return
+        self._startup_failures += 1
+        if self._startup_failures < self.options.startup_failure_budget:
+            return
+        how = f"exited with {code}" if code >= 0 else f"killed by signal {-code}"
+        if oom:
+            how = f"killed for memory at its {worker.slot.limit_bytes // 2**20} MiB limit"
+        raise DetectorsCannotRun(
+            f"{self._startup_failures} detectors in a row died before starting any image "
+            f"(the last {how}: {tail})"
+            + (
+                f"; is --memory-limit {self.options.memory_limit // 2**20} MiB enough "
+                "for a detector to load its model?"
+                if self.options.memory_limit is not None
+                else ""
+            )
+        )
 
     async def _stop_all(self) -> None:
         """Interrupted: stop the workers and hand their images back, uncharged."""
@@ -286,6 +357,43 @@ class LocalRunner:
     def _event(self, message: str) -> None:
         self.events.append(message)
         log.warning(message)
+
+
+LOGS_PREFIX = "facescan-workers-"
+"""The workers' log folder of a run: <tmp>/facescan-workers-<pid of the run>-<random>."""
+
+
+def _sweep_logs_of_dead_runs() -> None:
+    """Removes this user's log folders of runs killed (SIGKILL) before they could."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{LOGS_PREFIX}*-*"):
+        pid = folder.name.removeprefix(LOGS_PREFIX).split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # gone meanwhile, or another user's live process
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _ended_with_this_process(preexec: Callable[[], None]) -> Callable[[], None]:
+    """``preexec``, and on Linux SIGTERM to the detector when this process dies, even by
+    SIGKILL: it hands its lease back and exits, instead of working on for nobody."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # not Linux
+        return preexec
+
+    def run() -> None:
+        preexec()
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return run
 
 
 def _default_detector() -> Sequence[str]:

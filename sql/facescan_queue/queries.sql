@@ -21,11 +21,7 @@ SELECT * FROM facescan.start_next($1);
 
 -- name: peek_next
 -- the image start_next would start next (read only: lets a worker prefetch it)
-SELECT i.path FROM facescan.images i
-WHERE i.lease_owner = $1 AND i.state = 'leased'
-  AND i.id IS DISTINCT FROM (SELECT l.started_image FROM facescan.leases l WHERE l.owner = $1)
-ORDER BY i.priority DESC, i.attempts, i.id
-LIMIT 1;
+SELECT facescan.peek_next($1);
 
 -- name: step_down
 SELECT * FROM facescan.step_down($1, $2, $3);
@@ -73,46 +69,23 @@ SELECT facescan.compact_counts();
 SELECT facescan.recount($1);
 
 -- name: leases
-SELECT l.owner, l.step, l.size_class, l.claimed_at, l.expires_at,
-       (SELECT count(*) FROM facescan.images i
-        WHERE i.lease_owner = l.owner AND i.state = 'leased')::integer AS images
-FROM facescan.leases l
-WHERE l.library = $1
-ORDER BY l.claimed_at, l.owner;
+SELECT * FROM facescan.leases_of($1);
 
 -- name: libraries
-SELECT name FROM facescan.libraries ORDER BY name;
+-- the libraries this role may use (every one for the schema's owner)
+SELECT name FROM facescan.visible_libraries() AS name;
 
 -- name: list_failures
-SELECT i.path, f.error_type, f.attempts, f.last_error, f.next_retry_at, f.dead,
-       f.last_model, f.last_scale, f.last_failure_at
-FROM facescan.failures f
-JOIN facescan.images i ON i.id = f.image_id
-WHERE i.library = $1
-  AND ($2::facescan.error_type IS NULL OR f.error_type = $2)
-  AND (NOT $3 OR f.dead)
-ORDER BY i.path
-LIMIT $4;
+SELECT * FROM facescan.list_failures($1, $2, $3, $4);
 
 -- name: image_by_path
-SELECT i.id, i.path, i.state, i.step, i.attempts, i.error_type, i.degraded, i.face_count,
-       i.width, i.height, d.model, d.scale, d.original_width, d.original_height
-FROM facescan.images i
-LEFT JOIN facescan.detections d ON d.image_id = i.id
-WHERE i.library = $1 AND i.path = $2;
+SELECT * FROM facescan.image_by_path($1, $2);
 
 -- name: faces_of_image
-SELECT f.box_top, f.box_right, f.box_bottom, f.box_left, f.score, f.model, d.scale,
-       f.landmarks
-FROM facescan.faces f
-JOIN facescan.detections d ON d.image_id = f.image_id
-WHERE f.image_id = $1
-ORDER BY f.box_left, f.box_top, f.id;
+SELECT * FROM facescan.faces_of_image($1);
 
 -- name: faces_per_image
-SELECT path, face_count FROM facescan.images
-WHERE library = $1 AND state = 'done'
-ORDER BY path;
+SELECT * FROM facescan.faces_per_image($1);
 
 -- name: legacy_table_exists
 SELECT to_regclass('ai_metadata') IS NOT NULL;
@@ -136,6 +109,32 @@ ORDER BY c.relname;
 -- name: schema_usage
 SELECT has_schema_privilege('facescan', 'USAGE');
 
+-- name: access
+-- what this role may use: every library (unrestricted), or the ones granted to it
+SELECT * FROM facescan.access();
+
+-- name: library_roles_exist
+-- schema version 3 or later (facescan.access and the library grants exist)
+SELECT to_regprocedure('facescan.access()') IS NOT NULL;
+
+-- name: grant_library
+SELECT facescan.grant_library($1, $2, $3);
+
+-- name: revoke_library
+SELECT facescan.revoke_library($1, $2);
+
+-- name: schema_owner
+-- NULL before the first migration
+SELECT n.nspowner::regrole::text FROM pg_namespace n WHERE n.nspname = 'facescan';
+
+-- name: current_database
+SELECT current_database();
+
+-- name: may_migrate
+-- whether this role owns the facescan schema (is a member of its owner), or none exists
+SELECT coalesce(pg_has_role(n.nspowner, 'MEMBER'), true)
+FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = 'facescan';
+
 -- name: facescan_schema_exists
 SELECT to_regnamespace('facescan') IS NOT NULL;
 
@@ -155,3 +154,33 @@ GROUP BY n.nspname, c.relname, c.relkind;
 
 -- name: migration_lock
 SELECT pg_advisory_xact_lock(7166504863370871);
+
+-- name: done_with_other_settings
+-- Done images of a library whose result came from other settings than ($2 cascade models,
+-- $3 cascade scales, $4 max dimension): a result is current when its max dimension is
+-- $4 and its model and scale are those of the cascade at its own step or at the first.
+SELECT d.model, d.scale, d.max_dimension, count(*)::integer AS images
+FROM facescan.images i
+JOIN facescan.detections d ON d.image_id = i.id
+WHERE i.library = $1 AND i.state = 'done'
+  AND NOT (d.max_dimension = $4 AND (
+    (d.model = ($2::text[])[d.step + 1] AND d.scale = ($3::real[])[d.step + 1]) IS TRUE
+    OR (d.model = ($2::text[])[1] AND d.scale = ($3::real[])[1])))
+GROUP BY d.model, d.scale, d.max_dimension
+ORDER BY images DESC, d.model, d.scale DESC;
+
+-- name: rescan_other_settings
+-- facescan.rescan of the images done_with_other_settings counts.
+SELECT facescan.rescan($1, false, ARRAY(
+    SELECT i.path FROM facescan.images i
+    JOIN facescan.detections d ON d.image_id = i.id
+    WHERE i.library = $1 AND i.state = 'done'
+      AND NOT (d.max_dimension = $4 AND (
+        (d.model = ($2::text[])[d.step + 1] AND d.scale = ($3::real[])[d.step + 1]) IS TRUE
+        OR (d.model = ($2::text[])[1] AND d.scale = ($3::real[])[1])))));
+
+-- name: next_retry
+-- When the first pending image of a library that waits for its retry back-off is due
+-- (NULL: none waits).
+SELECT min(next_attempt_at) FROM facescan.images
+WHERE library = $1 AND state = 'pending' AND next_attempt_at > now();

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Self
 
 import asyncpg
@@ -176,7 +177,9 @@ class Queue:
     # -- schema ---------------------------------------------------------------------
 
     async def check_schema(self) -> int:
-        """The schema version, after checking it is this facescan's and usable."""
+        """The schema version, after checking it is this facescan's and usable: the role
+        may use every library (every privilege on the tables), or is granted at least one
+        (`facescan db grant`), whose functions then need no table privilege."""
         if not await self._value("facescan_schema_exists"):
             raise errors.SchemaError(
                 f"no facescan schema on {self._target}: run `facescan db migrate`"
@@ -184,7 +187,7 @@ class Queue:
         if not await self._value("schema_usage"):
             raise errors.PermissionDenied(errors.grant_advice(self._user, "schema facescan"))
         refused = [r["table_name"] for r in await self._fetch("table_privileges") if not r[1]]
-        if refused:
+        if refused and not await self._granted_libraries():
             raise errors.PermissionDenied(
                 errors.grant_advice(self._user, "table(s) " + ", ".join(refused))
             )
@@ -201,6 +204,13 @@ class Queue:
                 f"this facescan understands ({expected}): upgrade facescan"
             )
         return int(found)
+
+    async def _granted_libraries(self) -> bool:
+        """Whether the role is granted a library (False on a schema older than roles)."""
+        if not await self._value("library_roles_exist"):
+            return False
+        row = (await self._fetch("access"))[0]
+        return bool(row["unrestricted"] or row["libraries"])
 
     # -- libraries and registration -------------------------------------------------------
 
@@ -479,6 +489,39 @@ class Queue:
     async def recount(self, library: str) -> None:
         """Rebuilds a library's counters from its images (repair)."""
         await self._fetch("recount", library)
+
+    async def done_with_other_settings(
+        self, library: str, cascade: Sequence[tuple[str, float]], max_dimension: int
+    ) -> list[tuple[str, float, int, int]]:
+        """(model, scale, max dimension, images) of the done images whose result came from
+        other settings than this cascade and max dimension."""
+        rows = await self._fetch(
+            "done_with_other_settings",
+            library,
+            [m for m, _ in cascade],
+            [s for _, s in cascade],
+            max_dimension,
+        )
+        return [(r["model"], r["scale"], r["max_dimension"], r["images"]) for r in rows]
+
+    async def next_retry(self, library: str) -> datetime | None:
+        """When the first image of the library waiting for its retry back-off is due."""
+        due: datetime | None = await self._value("next_retry", library)
+        return due
+
+    async def rescan_other_settings(
+        self, library: str, cascade: Sequence[tuple[str, float]], max_dimension: int
+    ) -> int:
+        """Queues again (rescan) the images done_with_other_settings counts."""
+        return int(
+            await self._value(
+                "rescan_other_settings",
+                library,
+                [m for m, _ in cascade],
+                [s for _, s in cascade],
+                max_dimension,
+            )
+        )
 
 
 def _attached(connection: Any) -> bool:

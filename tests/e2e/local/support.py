@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,15 +40,44 @@ OBAMA_BOX = (142, 617, 409, 349)
 Box = tuple[int, int, int, int]
 
 
-def facescan(*args: str | Path, dsn: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Runs `facescan ARGS --dsn DSN` to the end."""
+def facescan(
+    *args: str | Path, dsn: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `facescan ARGS --dsn DSN` to the end (with ``env`` added to the environment)."""
     return subprocess.run(
         [str(FACESCAN), *map(str, args), "--dsn", dsn],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **(env or {})},
     )
+
+
+def facescan_embedded(
+    *args: str | Path, data_dir: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs `facescan ARGS --data-dir DATA_DIR` (its own embedded PostgreSQL) to the end."""
+    return subprocess.run(
+        [str(FACESCAN), *map(str, args), "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def postmaster_of(data_dir: Path) -> psutil.Process | None:
+    """The running PostgreSQL server of an embedded data directory, if any."""
+    pid_file = data_dir / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    try:
+        process = psutil.Process(int(pid_file.read_text().split()[0]))
+    except (psutil.NoSuchProcess, ValueError, IndexError):
+        return None
+    return process if process.is_running() and process.status() != "zombie" else None
 
 
 def start_facescan(*args: str | Path, dsn: str, out: Path) -> subprocess.Popen[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from tests.e2e.local.support import (
@@ -91,7 +92,9 @@ def test_bad_files_are_listed_as_failures_and_good_ones_done(dsn: str, tmp_path:
     (library / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
     (library / "empty.jpg").write_bytes(b"")
     (library / "text.jpg").write_text("this is not a photograph\n")
-    (library / "dangling.jpg").symlink_to(library / "deleted-since.jpg")
+    (library / "deleted-since.jpg").write_bytes(whole)  # registered, then deleted
+    assert facescan("register", library, dsn=dsn).returncode == 0
+    (library / "deleted-since.jpg").unlink()
 
     result = facescan("scan", library, "--json", "--workers", "2", dsn=dsn)
     assert result.returncode == 0, result.stderr
@@ -104,7 +107,7 @@ def test_bad_files_are_listed_as_failures_and_good_ones_done(dsn: str, tmp_path:
     assert listed.returncode == 0, listed.stderr
     rows = last_json(listed.stdout)["failures"]
     assert {Path(r["path"]).name: r["error_type"] for r in rows} == {
-        "dangling.jpg": "missing",
+        "deleted-since.jpg": "missing",
         "empty.jpg": "decode",
         "text.jpg": "decode",
         "truncated.jpg": "decode",
@@ -119,7 +122,7 @@ def test_bad_files_are_listed_as_failures_and_good_ones_done(dsn: str, tmp_path:
 
     only_missing = facescan("failures", "--type", "missing", "--json", dsn=dsn)
     assert [Path(r["path"]).name for r in last_json(only_missing.stdout)["failures"]] == [
-        "dangling.jpg"
+        "deleted-since.jpg"
     ]
     done = fetch(dsn, "SELECT path FROM facescan.images WHERE state = 'done' ORDER BY path")
     assert [r["path"] for r in done] == ["biden.jpg", "obama.jpg"]
@@ -127,3 +130,47 @@ def test_bad_files_are_listed_as_failures_and_good_ones_done(dsn: str, tmp_path:
     text = facescan("faces", library / "text.jpg", dsn=dsn)
     assert text.returncode == 0
     assert "no result yet" in text.stdout
+
+
+def test_failures_show_local_times_to_a_person_and_utc_to_a_program(
+    dsn: str, tmp_path: Path
+) -> None:
+    library = tmp_path / "photos"
+    copy_samples(library, ["obama.jpg"])
+    (library / "text.jpg").write_text("this is not a photograph\n")
+    assert facescan("scan", library, dsn=dsn).returncode == 0
+
+    as_json = last_json(facescan("failures", "--json", dsn=dsn).stdout)["failures"]
+    as_text = facescan("failures", dsn=dsn).stdout.strip().splitlines()
+    assert len(as_json) == len(as_text) == 1
+    path, error_type, attempts, when, _ = as_text[0].split("\t")
+    assert (Path(path).name, error_type, attempts) == ("text.jpg", "decode", "1 attempt")
+    retry_at = datetime.fromisoformat(as_json[0]["next_retry_at"])
+    assert retry_at.utcoffset() == timedelta(0)
+    assert when == f"retry at {retry_at.astimezone().strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def test_a_scan_without_a_terminal_prints_progress_lines_and_a_plain_summary(
+    dsn: str, tmp_path: Path
+) -> None:
+    library = tmp_path / "photos"
+    copy_samples(library, ["obama.jpg", "biden.jpg", "cameraman.png"])
+    result = facescan(
+        "scan", library, "--workers", "1", "--batch-size", "1", "--progress-every", "0.1", dsn=dsn
+    )
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("progress: ")]
+    assert progress, result.stderr
+    assert all("images/s" in line and " left" in line for line in progress)
+    assert progress[-1].startswith("progress: 3/3 finished, 3 done, 2 faces, 0 in progress")
+    assert result.stdout.splitlines() == [
+        f"{library / 'biden.jpg'}: 1 face",
+        f"{library / 'cameraman.png'}: 0 faces",
+        f"{library / 'obama.jpg'}: 1 face",
+        "3 images: 3 done (2 faces, 0 degraded), 0 in progress, 0 pending (0 retrying), 0 dead",
+        result.stdout.splitlines()[-1],
+    ]
+    assert result.stdout.splitlines()[-1].startswith("memory limits: ")
+
+    quiet = facescan("scan", library, "--progress-every", "0", dsn=dsn)
+    assert "progress: " not in quiet.stderr
