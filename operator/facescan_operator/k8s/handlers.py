@@ -23,15 +23,15 @@ from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s import metrics
 from facescan_operator.k8s.jobs import ScanRef, scan_labels
 from facescan_operator.k8s.kube import ClusterApi, SecretError
+from facescan_operator.k8s.policy import AdminPolicy, PolicyViolation, enforce
 from facescan_operator.k8s.reconcile import changed, reconcile
 from facescan_operator.k8s.spec import GROUP, PLURAL, VERSION, FaceScanSpec
 from facescan_operator.k8s.status import unreachable, with_generation
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.errors import DatabaseUnavailable, QueueError
-from facescan_queue.migrate import migrate
 from facescan_queue.models import AttemptClock
 from facescan_queue.repository import Queue
-from facescan_queue.settings import DatabaseSettings
+from facescan_queue.settings import DatabaseSettings, DsnError, parse_dsn
 
 INTERVAL_S = float(os.environ.get("FACESCAN_RECONCILE_INTERVAL_S", "10"))
 CALIBRATION = CalibrationTable.load(
@@ -51,7 +51,10 @@ log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # the admin's policy (FACESCAN_POLICY_*): a wrong one stops the operator at its start
+    memo.policy = AdminPolicy()
+    log.info("admin policy: %s", memo.policy.model_dump_json(by_alias=True))
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
@@ -79,11 +82,18 @@ def _api() -> ClusterApi:
 
 async def _queue(uid: str, namespace: str, spec: FaceScanSpec) -> Queue:
     dsn = await _api().read_secret(namespace, spec.database.secret_name, spec.database.key)
+    try:
+        parse_dsn(dsn)
+    except DsnError as exc:  # the FaceScan's DatabaseSecret trouble; quotes none of the URL
+        raise SecretError(
+            f"Secret {namespace}/{spec.database.secret_name} key {spec.database.key!r}: {exc}"
+        ) from None
     _dsns[uid] = dsn
     queue = _queues.get(dsn)
     if queue is None:
+        # no migrate here: the schema is the admin's (`facescan db migrate`, the chart's
+        # hook Job); a FaceScan's role need not own it, and Queue.connect says what to run
         settings = DatabaseSettings(dsn=SecretStr(dsn))
-        await migrate(settings)
         queue = _queues[dsn] = await Queue.connect(settings, max_size=4)
     return queue
 
@@ -111,11 +121,17 @@ def invalid_spec_message(exc: ValidationError) -> str:
 
 
 def _report_invalid(
-    uid: str, body: Any, status: dict[str, Any], patch: kopf.Patch, message: str
+    uid: str,
+    body: Any,
+    status: dict[str, Any],
+    patch: kopf.Patch,
+    message: str,
+    reason: str = "InvalidSpec",
 ) -> None:
     """An invalid spec (the API server's schema cannot catch all, e.g. a cascade step no
-    pool serves): no Jobs, phase Invalid with the reason on the Ready condition, and one
-    Warning Event InvalidSpec, not one per tick."""
+    pool serves) or one outside the admin's policy (reason PolicyViolation): no Jobs,
+    phase Invalid with the reason on the Ready condition, and one Warning Event, not one
+    per tick."""
     ready: dict[str, Any] = next(
         (c for c in status.get("conditions") or () if c.get("type") == "Ready"), {}
     )
@@ -129,13 +145,13 @@ def _report_invalid(
         {
             "type": "Ready",
             "status": "False",
-            "reason": "InvalidSpec",
+            "reason": reason,
             "message": message,
             "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     ]
     log.warning("FaceScan %s: %s", body.get("metadata", {}).get("name"), message)
-    kopf.warn(body, reason="InvalidSpec", message=message)
+    kopf.warn(body, reason=reason, message=message)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -150,15 +166,20 @@ async def reconcile_scan(
     uid: str,
     body: Any,
     patch: kopf.Patch,
+    memo: kopf.Memo,
     **_: Any,
 ) -> None:
     assert namespace is not None, "FaceScan is namespaced"
     scan = ScanRef(namespace, name, uid)
     generation = (body.get("metadata") or {}).get("generation")
     try:
-        parsed = FaceScanSpec.model_validate(dict(spec))
+        parsed = enforce(memo.policy, FaceScanSpec.model_validate(dict(spec)), namespace)
     except ValidationError as exc:
         _report_invalid(uid, body, dict(status), patch, invalid_spec_message(exc))
+        return
+    except PolicyViolation as exc:
+        message = f"not allowed by the cluster's FaceScan policy: {exc}"
+        _report_invalid(uid, body, dict(status), patch, message, reason="PolicyViolation")
         return
     _invalid.pop(uid, None)
     breaker = _breakers.setdefault(uid, CircuitBreaker())

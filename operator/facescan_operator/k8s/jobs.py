@@ -1,14 +1,18 @@
 """Builds the detector Job of one batch: a pure function of the FaceScan and the batch.
 
 Called by the operator's apply step. The Job runs `facescan-detector run` with the Job
-contract in its environment (lease owner = the Job's name), a memory request and limit
-from right-sizing, on the node pool that serves the batch's model, non-root with a
-read-only root filesystem. Retries are the operator's business: backoffLimit 0, but a
-disruption (DisruptionTarget) is ignored by the Job's podFailurePolicy.
+contract in its environment: its assignment (library, cascade step, size class, batch
+size), which its detector claims when it starts, leased to the Job's name; a memory
+request and limit from right-sizing, on the node pool that serves the batch's model,
+non-root with a read-only root filesystem. Retries are the operator's business:
+backoffLimit 0, but a disruption (DisruptionTarget) is ignored by the Job's
+podFailurePolicy.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +24,8 @@ LABEL_SCAN = f"{GROUP}/scan"
 LABEL_STEP = f"{GROUP}/step"
 LABEL_SIZE_CLASS = f"{GROUP}/size-class"
 LABEL_POOL = f"{GROUP}/pool"
+ANNOTATION_IMAGES = f"{GROUP}/images"
+"""The most images a Job's detector claims (its batch size)."""
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TTL_BACKSTOP_S = 3600
 """Added to a Job's ttlSecondsAfterFinished (see build_detector_job)."""
@@ -36,7 +42,8 @@ class ScanRef:
 
 @dataclass(frozen=True)
 class JobBatch:
-    """One claimed batch: its lease owner is the Job's name."""
+    """One batch to run: the detector claims up to ``images`` runnable images of (step,
+    size class) when it starts, leased to ``owner``, the Job's name."""
 
     owner: str
     step: int
@@ -62,6 +69,25 @@ def scan_labels(scan: ScanRef) -> dict[str, str]:
 def job_name(scan_name: str, token: str) -> str:
     """<scan>-<token>, at most 63 characters (it becomes a label value of the pods)."""
     return f"{scan_name[: 62 - len(token)]}-{token}".strip("-")
+
+
+_BATCH_TOKEN = re.compile(r"s[0-9]+c[0-9]+-[0-9a-f]{6}")
+
+
+def batch_job_name(scan_name: str, step: int, size_class: int) -> str:
+    """A new detector Job's name, also its lease owner: <scan>-s<step>c<class>-<random>."""
+    return job_name(scan_name, f"s{step}c{size_class}-{secrets.token_hex(3)}")
+
+
+def owned_by(scan_name: str, owner: str) -> bool:
+    """Whether a lease owner is the name of one of this FaceScan's detector Jobs (another
+    FaceScan of the same library has its own; their leases are not this one's to end)."""
+    token = owner.rsplit("-", 2)[-2:]
+    return (
+        len(token) == 2
+        and _BATCH_TOKEN.fullmatch("-".join(token)) is not None
+        and job_name(scan_name, "-".join(token)) == owner
+    )
 
 
 def _quantity(memory_bytes: int) -> str:
@@ -90,6 +116,10 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         resources["limits"][pool.gpu_resource_name] = str(pool.gpu_count)
     env: list[dict[str, Any]] = [
         {"name": "FACESCAN_LEASE_OWNER", "value": batch.owner},
+        {"name": "FACESCAN_LIBRARY", "value": spec.library_name(scan.namespace, scan.name)},
+        {"name": "FACESCAN_STEP", "value": str(batch.step)},
+        {"name": "FACESCAN_SIZE_CLASS", "value": str(batch.size_class)},
+        {"name": "FACESCAN_BATCH_SIZE", "value": str(batch.images)},
         {"name": "FACESCAN_LIBRARY_ROOT", "value": spec.library.mount_path},
         {"name": "FACESCAN_MAX_DIMENSION", "value": str(spec.max_dimension)},
         {"name": "FACESCAN_IMAGE_TIMEOUT_S", "value": str(spec.image_timeout_seconds)},
@@ -99,7 +129,10 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         {
             "name": "FACESCAN_DSN",
             "valueFrom": {
-                "secretKeyRef": {"name": spec.database.secret_name, "key": spec.database.key}
+                "secretKeyRef": {
+                    "name": spec.database.detector_secret_name or spec.database.secret_name,
+                    "key": spec.database.key,
+                }
             },
         },
         {"name": "HOME", "value": "/tmp"},
@@ -196,7 +229,7 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
             "annotations": {
                 f"{GROUP}/model": batch.model,
                 f"{GROUP}/scale": f"{batch.scale:g}",
-                f"{GROUP}/images": str(batch.images),
+                ANNOTATION_IMAGES: str(batch.images),
             },
             "ownerReferences": [
                 {

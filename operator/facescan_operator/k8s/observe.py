@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from facescan_operator.k8s.jobs import LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
+from facescan_operator.k8s.jobs import ANNOTATION_IMAGES, LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
 
 MIB = 1024 * 1024
 _UNITS = {
@@ -81,6 +81,8 @@ class JobView:
     """When its container started running, if it did."""
     trouble: PodTrouble | None = None
     """Why its pod cannot run (Unschedulable, ImagePullBackOff...), from the pod."""
+    images: int = 0
+    """The most images its detector claims when it starts (its batch)."""
 
     @property
     def finished(self) -> bool:
@@ -244,6 +246,7 @@ def view_jobs(
                 scheduled=scheduled,
                 started_at=started,
                 trouble=trouble,
+                images=int((meta.get("annotations") or {}).get(ANNOTATION_IMAGES, 0)),
             )
         )
     return views

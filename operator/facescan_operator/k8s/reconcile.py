@@ -11,22 +11,29 @@ database); leases whose Job vanished are released too; expired leases are reclai
 finished Jobs past their TTL are deleted; Jobs whose pods cannot be created or run are
 handed back uncharged and deleted, and hold back launching (stuck.py). (2) plan new
 batches with the same planner as the local runner (so an OOM culprit settled in (1) is
-rescheduled in this very tick), claim them and create their Jobs, as far as the holds of
-(1) let them. (3) compute the status.
+rescheduled in this very tick) from the runnable images no waiting Job will claim, and
+create their Jobs, as far as the holds of (1) let them; each Job's detector claims its
+own batch when it starts, so a Job waiting for Kueue, a node or an image pull holds no
+lease. (3) compute the status.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facescan_operator.breaker import BreakerState, CircuitBreaker
 from facescan_operator.k8s import stuck
-from facescan_operator.k8s.jobs import JobBatch, ScanRef, build_detector_job, job_name
+from facescan_operator.k8s.jobs import (
+    JobBatch,
+    ScanRef,
+    batch_job_name,
+    build_detector_job,
+    owned_by,
+)
 from facescan_operator.k8s.observe import JobOutcome, JobView
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import changed as changed
@@ -98,6 +105,24 @@ def settle(
                 Release(owner, ErrorType.CRASH, "its Job vanished (deleted, or its node is gone)")
             )
     return Settlement(releases, deletions)
+
+
+def unclaimed(
+    groups: Sequence[GroupCount], active: Sequence[JobView], leased: Collection[str]
+) -> list[GroupCount]:
+    """Pure: the runnable groups less the batches of active Jobs whose detector has not
+    claimed its own yet (waiting for Kueue, a node or an image pull): those images are
+    spoken for, and a new Job for them would find nothing."""
+    waiting: dict[tuple[int, int], int] = {}
+    for job in active:
+        if job.name not in leased:
+            key = (job.step, job.size_class)
+            waiting[key] = waiting.get(key, 0) + job.images
+    left = [
+        GroupCount(g.step, g.size_class, g.runnable - waiting.get((g.step, g.size_class), 0))
+        for g in groups
+    ]
+    return [g for g in left if g.runnable > 0]
 
 
 def policy_of(spec: FaceScanSpec) -> LibraryPolicy:
@@ -204,11 +229,24 @@ async def reconcile(
         await kube.list_jobs(scan.namespace, labels), await kube.list_pods(scan.namespace, labels)
     )
     refusals = await stuck.refusals(kube, scan.namespace, jobs)
-    leases = await queue.leases(library)
+    # this FaceScan's own leases only: another FaceScan (of this namespace) may scan the
+    # same library, and its Jobs are not in this FaceScan's list
+    leases = [lease for lease in await queue.leases(library) if owned_by(scan.name, lease.owner)]
     settlement = settle(jobs, leases, now, timedelta(seconds=spec.ttl_seconds_after_finished))
     leased = {lease.owner for lease in leases}
     found = stuck.find(jobs, refusals, now, len(spec.cascade))
-    returned = {s.job: await stuck.hand_back(queue, s) for s in found if s.job in leased}
+    views = {job.name: job for job in jobs}
+    returned = {
+        s.job: await stuck.hand_back(
+            queue,
+            library,
+            s,
+            views[s.job],
+            leased=s.job in leased,
+            lease_seconds=spec.lease_seconds,
+        )
+        for s in found
+    }
     holds, held_events = stuck.update_holds(
         stuck.holds_of(previous_status), jobs, found, returned, [p.name for p in spec.pools], now
     )
@@ -250,39 +288,32 @@ async def reconcile(
     elif breaker.state != was and breaker.state is BreakerState.CLOSED:
         events.append(("Normal", "BreakerClosed", "attempts succeed again"))
     cap = max(1, spec.parallelism * spec.batch_size * 2)
-    groups = await queue.runnable_groups(library, cap=cap)
+    # read after the leases: a Job that claims in between is counted twice (one tick plans
+    # less), never not at all (which would launch a Job for images already taken)
+    groups = unclaimed(await queue.runnable_groups(library, cap=cap), active, leased)
     allowed = breaker.allowed(now.timestamp())
-    claimed_batches: list[tuple[str, BatchPlan, str, int]] = []
-    chosen = plan_batches(spec, groups, active, calibration, allowed)
-    for batch, pool in stuck.gate(chosen, holds, active, now):
-        owner = job_name(scan.name, f"s{batch.step}c{batch.size_class}-{secrets.token_hex(3)}")
-        claimed = await queue.claim(
-            library,
-            owner,
-            step=batch.step,
-            size_class=batch.size_class,
-            limit=batch.limit,
-            lease_seconds=spec.lease_seconds,
+    launches = [
+        (batch_job_name(scan.name, batch.step, batch.size_class), batch, pool)
+        for batch, pool in stuck.gate(
+            plan_batches(spec, groups, active, calibration, allowed), holds, active, now
         )
-        if claimed:
-            claimed_batches.append((owner, batch, pool, len(claimed)))
+    ]
     bodies = [
         build_detector_job(
             scan,
             spec,
-            JobBatch(owner, b.step, b.size_class, b.model, b.scale, b.memory_bytes, n),
+            JobBatch(owner, b.step, b.size_class, b.model, b.scale, b.memory_bytes, b.limit),
         )
-        for owner, b, _, n in claimed_batches
+        for owner, b, _ in launches
     ]
     results = await asyncio.gather(
         *(kube.create_job(scan.namespace, body) for body in bodies), return_exceptions=True
     )
     created: list[tuple[str, str]] = []
     refused: BaseException | None = None
-    for (owner, batch, pool, n), result in zip(claimed_batches, results, strict=True):
+    for (owner, batch, pool), result in zip(launches, results, strict=True):
         if isinstance(result, BaseException):
-            await queue.release(owner)  # nothing started: hand the batch back untouched
-            refused = refused or result
+            refused = refused or result  # nothing was leased for it
             continue
         if allowed == 1:
             breaker.probe_started()
@@ -291,7 +322,7 @@ async def reconcile(
             (
                 "Normal",
                 "JobCreated",
-                f"{owner}: {n} images, {batch.model}@{batch.scale:g}, "
+                f"{owner}: up to {batch.limit} images, {batch.model}@{batch.scale:g}, "
                 f"{batch.memory_bytes // MIB} MiB, pool {pool}",
             )
         )

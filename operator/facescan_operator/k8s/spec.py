@@ -27,6 +27,9 @@ class _Spec(BaseModel):
 class Database(_Spec):
     secret_name: str = Field(alias="secretName", min_length=1)
     key: str = "dsn"
+    detector_secret_name: str | None = Field(default=None, alias="detectorSecretName")
+    """The detector pods' Secret (same key), for a role granted the detector's calls only;
+    default: secret_name."""
 
 
 CPU_PATTERN = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"

@@ -206,12 +206,24 @@ def find(
     return stuck
 
 
-async def hand_back(queue: Queue, stuck: Stuck) -> int:
-    """Ends a stuck Job's lease, uncharged (nothing ran), or moving each image one cascade
-    step down (started and failed as oom, which charges no attempt before the last step).
-    How many images went back."""
+async def hand_back(
+    queue: Queue, library: str, stuck: Stuck, job: JobView, *, leased: bool, lease_seconds: int
+) -> int:
+    """Ends a stuck Job's lease, if its detector ever claimed one, uncharged (nothing
+    ran); or moves its batch one cascade step down (each image started and failed as oom,
+    which charges no attempt before the last step), claiming the batch for it first if it
+    never started. How many images went back or down."""
     moved = 0
     if stuck.move_down:
+        if not leased:  # its detector never ran: its batch, as the detector would claim it
+            await queue.claim(
+                library,
+                stuck.job,
+                step=job.step,
+                size_class=job.size_class,
+                limit=max(1, job.images),
+                lease_seconds=lease_seconds,
+            )
         error = f"no node has room for the memory this step needs: {stuck.message}"
         while (image := await queue.start_next(stuck.job)) is not None:
             await queue.fail(image.image_id, stuck.job, ErrorType.OOM, error)
@@ -232,7 +244,7 @@ def update_holds(
     now: datetime,
 ) -> tuple[list[Hold], list[tuple[str, str, str]]]:
     """Pure: the holds after this tick and the Events to emit. ``returned`` maps each stuck
-    Job handled in this tick (it still held its lease) to the images it handed back."""
+    Job handled in this tick to the images it handed back (none if it never started)."""
     events: list[tuple[str, str, str]] = []
     kept: dict[str, Hold] = {}
     for hold in holds:
@@ -279,13 +291,17 @@ def update_holds(
         hold = Hold(s.scope, s.reason, s.message, s.job, now, now + _backoff(retries), retries)
         kept[s.scope] = hold
         where = "in this FaceScan" if s.scope == ALL_POOLS else f"on pool {s.scope}"
+        images = (
+            f"{returned[s.job]} images back in the queue uncharged"
+            if returned[s.job]
+            else "nothing ran, its images stay in the queue uncharged"
+        )
         events.append(
             (
                 "Warning",
                 EVENT_STUCK,
-                f"Job {s.job}: {s.reason}: {s.message}; deleted, {returned[s.job]} images "
-                f"back in the queue uncharged; no new Jobs {where} until "
-                f"{_stamp(hold.retry_at)}",
+                f"Job {s.job}: {s.reason}: {s.message}; deleted, {images}; no new Jobs "
+                f"{where} until {_stamp(hold.retry_at)}",
             )
         )
     return list(kept.values()), events

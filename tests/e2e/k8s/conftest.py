@@ -131,9 +131,9 @@ async def operator(
     """The chart installed, the database Secret applied, then the operator with the
     chart's ServiceAccount (the test starts it). At the end: every Job it created,
     deleted since or not, is a valid Kubernetes 1.30 Job."""
-    kubeconfig = install(cluster, tmp_path)
+    installed = install(cluster, tmp_path)
     await apply(cluster, secret(db_proxy.tcp_dsn(dsn)))
-    running = Operator(monkeypatch, cluster.namespace, kubeconfig)
+    running = Operator(monkeypatch, cluster.namespace, installed.kubeconfig, env=installed.env)
     try:
         yield running
     finally:

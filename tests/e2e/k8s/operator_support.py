@@ -47,6 +47,25 @@ MOUNT = "/library"
 INTERVAL_S = handlers.INTERVAL_S
 FACESCANS = "facescan.io/v1alpha1/facescans"
 Obj = dict[str, Any]
+POLICY: Obj = {
+    "detectorImages": ["facescan-detector"],
+    "pools": [
+        {"name": "cpu", "nodeSelector": {"facescan.io/pool": "cpu"}},
+        {
+            "name": "gpu",
+            "gpuResourceName": "nvidia.com/gpu",
+            "gpuCount": 1,
+            "gpuMemoryMiB": 16384,
+            "maxMemoryMiB": 4096,
+            "nodeSelector": {"facescan.io/pool": "gpu"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        },
+    ],
+}
+"""The admin policy of the tests' chart: the images the node agent runs, and the dev
+cluster's two nodes as pools (the chart's defaults keep hostPath out)."""
 
 
 def _use_interval(seconds: float) -> None:
@@ -88,6 +107,8 @@ class Operator:
     """The chart's ServiceAccount's credentials: what the operator may do, and no more."""
     health_port: int | None = None
     """Where kopf serves its liveness endpoint (/healthz), if anywhere."""
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment the chart's Deployment gives the operator (its admin policy)."""
     ticks: list[Tick] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -114,6 +135,8 @@ class Operator:
         self._reset()
         # kopf's login and the operator's ClusterApi read the kubeconfig from here
         self.monkeypatch.setenv("KUBECONFIG", str(self.kubeconfig))
+        for name, value in self.env.items():
+            self.monkeypatch.setenv(name, value)
         for module in (kubernetes.config, kubernetes.config.kube_config):
             self.monkeypatch.setattr(module, "KUBE_CONFIG_DEFAULT_LOCATION", str(self.kubeconfig))
         self._stop, ready = threading.Event(), threading.Event()
@@ -191,18 +214,27 @@ class Operator:
 # --- installed as a user installs it ---
 
 
-def install(kube: Kube, tmp_path: Path, *, operator_pod: bool = False, **values: Any) -> Path:
+@dataclass(frozen=True)
+class Installed:
+    kubeconfig: Path
+    """A token of the chart's ServiceAccount: the operator's credentials."""
+    env: dict[str, str]
+    """The admin policy (FACESCAN_POLICY_*) the chart's Deployment gives the operator."""
+
+
+def install(kube: Kube, tmp_path: Path, *, operator_pod: bool = False, **values: Any) -> Installed:
     """The chart rendered by the Helm SDK (watching the test's namespace only) and applied
     with kubectl into the namespace, which enforces the `restricted` Pod Security level:
     all of it with ``operator_pod`` (the operator then runs as the Deployment's pod on a
     node), else all but the Deployment (the test runs the operator itself, with the
     Deployment's ServiceAccount). Returns a kubeconfig with a token of the chart's
-    ServiceAccount (`kubectl create token`), the operator's credentials."""
+    ServiceAccount (`kubectl create token`), the operator's credentials, and the admin
+    policy the Deployment would give it."""
     ns = kube.namespace
     kube.request("PATCH", f"/api/v1/namespaces/{ns}", {"metadata": {"labels": RESTRICTED}})
     release = f"{ns}-facescan"
     rendered = Chart.load(str(ROOT / "charts" / "facescan")).render(
-        values={"watchNamespaces": [ns]} | values,
+        values={"watchNamespaces": [ns], "policy": POLICY} | values,
         name=release,
         namespace=ns,
     )
@@ -213,6 +245,19 @@ def install(kube: Kube, tmp_path: Path, *, operator_pod: bool = False, **values:
         for doc in yaml.safe_load_all(text)
         if doc and (operator_pod or doc["kind"] != "Deployment")
     ]
+    all_docs = [
+        doc
+        for path, text in rendered.items()
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    (deployment,) = [doc for doc in all_docs if doc["kind"] == "Deployment"]
+    env = {
+        var["name"]: var["value"]
+        for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if var["name"].startswith("FACESCAN_POLICY_")
+    }
     kube.apply(*docs)
     token = kube.kubectl("create", "token", release, "--duration=2h").stdout.strip()
     config = tmp_path / "operator.kubeconfig"
@@ -225,7 +270,7 @@ def install(kube: Kube, tmp_path: Path, *, operator_pod: bool = False, **values:
         "current-context: c\n"
     )
     config.chmod(0o600)
-    return config
+    return Installed(config, env)
 
 
 def library_claim(kube: Kube, root: Path, name: str = CLAIM) -> None:

@@ -222,27 +222,27 @@ BAD_FACESCANS = {
         {"cascade": [{"model": "yolo"}]},
         'supported values: "hog", "cnn", "insightface"',
     ),
-    "gpu without count": (
-        {
-            "nodePools": [
-                {"name": "gpu", "models": ["cnn", "hog"], "gpuResourceName": "nvidia.com/gpu"}
-            ]
-        },
-        "a GPU pool (gpuResourceName) needs gpuCount of at least 1",
-    ),
     "no pool serves hog": (
         {
             "cascade": [{"model": "cnn"}, {"model": "hog"}],
-            "nodePools": [
-                {
-                    "name": "gpu",
-                    "models": ["cnn"],
-                    "gpuResourceName": "nvidia.com/gpu",
-                    "gpuCount": 1,
-                }
-            ],
+            "nodePools": [{"name": "gpu", "models": ["cnn"]}],
         },
         "every cascade step's model needs a node pool that serves it",
+    ),
+    "two volume sources": (
+        {
+            "library": {
+                "volume": {
+                    "persistentVolumeClaim": {"claimName": "photos"},
+                    "hostPath": {"path": "/"},
+                }
+            }
+        },
+        "spec.library.volume: Too many: 2: must have at most 1 item",
+    ),
+    "pvc without claim": (
+        {"library": {"volume": {"persistentVolumeClaim": {}}}},
+        "spec.library.volume.persistentVolumeClaim.claimName: Required value",
     ),
     "name over 63": ("x" * 64, "metadata.name must be no more than 63 characters"),
 }
@@ -256,6 +256,31 @@ def test_the_api_server_refuses_a_bad_facescan_with_a_clear_message(crd: Kube, c
     assert refused.returncode == 1
     assert "is invalid" in refused.stderr
     assert message in refused.stderr
+    assert crd.objects(FACESCANS) == []
+
+
+SMUGGLED = {
+    "a toleration": {"nodePools": [{"name": "cpu", "models": ["hog"], "tolerations": [{}]}]},
+    "a node selector": {"nodePools": [{"name": "cpu", "models": ["hog"], "nodeSelector": {}}]},
+    "a GPU count": {"nodePools": [{"name": "cpu", "models": ["hog"], "gpuCount": 8}]},
+    "an emptyDir library": {"library": {"volume": {"emptyDir": {}}}},
+    "a host path's unknown field": {
+        "library": {"volume": {"hostPath": {"path": "/", "privileged": True}}}
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLED))
+def test_placement_and_volume_fields_the_schema_lacks_are_refused_by_kubectl(
+    crd: Kube, case: str
+) -> None:
+    """Pools' placement is the admin's (the chart's policy.pools); a FaceScan that writes
+    it, or a volume source the schema does not know, is refused outright by kubectl's
+    strict field validation, not silently pruned."""
+    bad = facescan(**SMUGGLED[case])
+    refused = crd.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
+    assert refused.returncode == 1
+    assert "unknown field" in refused.stderr
     assert crd.objects(FACESCANS) == []
 
 

@@ -30,8 +30,10 @@ from tests.e2e.local.support import HOG_FACES, SAMPLES, copy_samples
 from .cluster import Kube, now
 from .dbproxy import DatabaseProxy
 from .operator_support import (
+    CLAIM,
     FACESCANS,
     INTERVAL_S,
+    MOUNT,
     Obj,
     Operator,
     apply,
@@ -430,29 +432,61 @@ async def test_deleting_the_facescan_deletes_its_jobs_and_keeps_the_results(
 # --- f) the Jobs the operator creates ---
 
 
+OUTSIDE_POLICY = {
+    "a hostPath library": (
+        {"library": {"volume": {"hostPath": {"path": "/"}}, "mountPath": MOUNT}},
+        "spec.library.volume: hostPath is not an allowed volume source",
+    ),
+    "an image from elsewhere": (
+        {"detector": {"image": "docker.io/someone/miner:latest"}},
+        "spec.detector.image: 'docker.io/someone/miner:latest' is not an allowed detector image",
+    ),
+    "another namespace's library": (
+        {
+            "library": {
+                "name": "kube-system/photos",
+                "volume": {"persistentVolumeClaim": {"claimName": CLAIM}},
+                "mountPath": MOUNT,
+            }
+        },
+        "spec.library.name: 'kube-system/photos' is outside this FaceScan's namespace",
+    ),
+    "a pool the admin has not defined": (
+        {"nodePools": [{"name": "big-gpu", "models": ["hog"]}]},
+        "spec.nodePools: there is no pool 'big-gpu'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTSIDE_POLICY))
+async def test_a_facescan_outside_the_admin_policy_is_invalid_and_gets_no_job(
+    cluster: Kube, operator: Operator, queue: Queue, photos: Path, library: str, case: str
+) -> None:
+    """Creating a FaceScan is no way around Pod Security or the admin: what the chart's
+    policy does not allow gets phase Invalid (PolicyViolation) and one Warning, no Job."""
+    await register(queue, library, photos, ALL)
+    await operator.start()
+    change, message = OUTSIDE_POLICY[case]
+    await apply(cluster, facescan("photos", **change))
+    await poll(lambda: phase(cluster, "photos") == "Invalid", 30, "phase Invalid")
+    (ready,) = [c for c in status(cluster, "photos")["conditions"] if c["type"] == "Ready"]
+    assert ready["reason"] == "PolicyViolation"
+    assert message in ready["message"], ready["message"]
+    await asyncio.sleep(2 * INTERVAL_S + 0.5)
+    assert created_jobs(cluster) == []
+    assert len(events(cluster, "PolicyViolation")) == 1
+
+
 async def test_every_job_the_operator_creates_is_a_valid_job(
     cluster: Kube, operator: Operator, queue: Queue, photos: Path, library: str
 ) -> None:
-    """With everything a spec can ask of a Job: GPU and CPU pools with node selectors and
-    tolerations, a memory cap, a model volume and a Kueue queue (Jobs created suspended,
-    and no Kueue here to admit them). The fixture also validates every test's Jobs."""
+    """With everything a spec can ask of a Job: the admin's GPU and CPU pools (node
+    selectors, tolerations, a GPU, a memory cap: the chart's policy), a model volume and
+    a Kueue queue (Jobs created suspended, and no Kueue here to admit them). The fixture
+    also validates every test's Jobs."""
     await register(queue, library, photos, ALL)
     await operator.start()
-    pools = [
-        {
-            "name": "gpu",
-            "models": ["cnn", "insightface"],
-            "gpuResourceName": "nvidia.com/gpu",
-            "gpuCount": 1,
-            "gpuMemoryMiB": 16384,
-            "maxMemoryMiB": 4096,
-            "nodeSelector": {"facescan.io/pool": "gpu"},
-            "tolerations": [
-                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-            ],
-        },
-        {"name": "cpu", "models": ["hog"], "nodeSelector": {"facescan.io/pool": "cpu"}},
-    ]
+    pools = [{"name": "gpu", "models": ["cnn", "insightface"]}, {"name": "cpu", "models": ["hog"]}]
     scan = facescan(
         "photos",
         cascade=[{"model": "cnn", "scale": 1.0}, {"model": "hog", "scale": 1.0}],
@@ -598,3 +632,56 @@ async def test_one_facescan_s_database_outage_leaves_the_others_and_the_operator
     assert not [
         e for e in events(cluster, "DatabaseUnavailable") if e["involvedObject"]["name"] == "photos"
     ]
+
+
+# --- i) a Job that waits to run ---
+
+
+@pytest.mark.slow
+async def test_a_job_suspended_longer_than_its_lease_then_admitted_loses_and_charges_nothing(
+    cluster: Kube, operator: Operator, queue: Queue, photos: Path, dsn: str, library: str
+) -> None:
+    """A Job that waits (here for Kueue's admission) holds no lease: past the lease's
+    duration nothing has expired or been charged, and once admitted (the test unsuspends
+    it, as Kueue does) its detector claims the batch and every image is done once."""
+    await register(queue, library, photos, ALL)
+    await operator.start()
+    scan = facescan(
+        "photos", kueueQueueName="facescan", leaseSeconds=30, parallelism=1, batchSize=6
+    )
+    await apply(cluster, scan)
+    (waiting,) = await poll(lambda: jobs(cluster, "photos"), 30, "the suspended Job")
+    assert waiting["spec"]["suspend"] is True
+    assert await queue.leases(library) == []
+    await asyncio.sleep(35)  # longer than the lease
+
+    assert await queue.leases(library) == []
+    assert events(cluster, "LeaseExpired") == []
+    assert [j["metadata"]["name"] for j in jobs(cluster, "photos")] == [
+        waiting["metadata"]["name"]
+    ]  # its batch is spoken for: no second Job
+    assert await attempts(dsn) == []
+    name = waiting["metadata"]["name"]
+
+    async def admit() -> None:
+        """Kueue's part: admit each Job the operator creates (the first one now, any
+        later one, for images of another size class, at once)."""
+        while True:
+            for job in jobs(cluster, "photos"):
+                if job["spec"].get("suspend"):
+                    patch = '{"spec":{"suspend":false}}'
+                    cluster.kubectl(
+                        "patch", "job", job["metadata"]["name"], "--type=merge", "-p", patch
+                    )
+            await asyncio.sleep(0.5)
+
+    admitting = asyncio.create_task(admit())
+    try:
+        await scanned(cluster, timeout=240)
+    finally:
+        admitting.cancel()
+    await assert_everything_found_once(queue, dsn, library)
+    done = await attempts(dsn)
+    assert [a["outcome"] for a in done] == ["done"] * 6  # each image once, nothing charged
+    assert name in {a["worker"] for a in done}  # the Job that waited did its batch
+    assert events(cluster, "LeaseExpired") == []

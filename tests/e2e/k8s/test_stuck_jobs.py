@@ -55,9 +55,10 @@ async def assert_nothing_charged(queue: Queue, dsn: str, library: str) -> None:
 async def test_jobs_refused_by_pod_security_degrade_the_facescan_and_charge_nothing(
     cluster: Kube, operator: Operator, queue: Queue, photos: Path, dsn: str, library: str
 ) -> None:
-    """A library on a hostPath volume in a namespace that enforces `restricted`: the Job
-    exists, its pod never does (FailedCreate)."""
+    """A library on a hostPath volume, which the admin's policy allows, in a namespace that
+    enforces `restricted`: the Job exists, its pod never does (FailedCreate)."""
     await register(queue, library, photos, ALL)
+    operator.env["FACESCAN_POLICY_VOLUME_TYPES"] = '["persistentVolumeClaim", "hostPath"]'
     await operator.start()
     scan = facescan("photos", parallelism=2, batchSize=3)
     scan["spec"]["library"] = {
@@ -89,6 +90,7 @@ async def test_an_image_no_node_can_pull_is_reported_and_its_images_handed_back(
     cluster: Kube, operator: Operator, queue: Queue, photos: Path, dsn: str, library: str
 ) -> None:
     await register(queue, library, photos, ALL)
+    operator.env["FACESCAN_POLICY_DETECTOR_IMAGES"] = '["facescan-detector", "registry.example/"]'
     await operator.start()
     scan = facescan("photos", parallelism=1, batchSize=6)
     scan["spec"]["detector"] = {"image": "registry.example/detector:missing"}

@@ -11,6 +11,9 @@ import pytest
 import yaml
 from helm_python import Chart, HelmValuesError, lint
 
+from facescan_operator.k8s.policy import AdminPolicy, enforce
+from facescan_operator.k8s.spec import FaceScanSpec
+
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "facescan"
 OLDEST, NEWEST = "1.30", "1.37"
@@ -18,24 +21,37 @@ OLDEST, NEWEST = "1.30", "1.37"
 GPU_AND_CPU = {
     "watchNamespaces": ["photos", "archive"],
     "database": {"existingSecret": "photos-db", "key": "url"},
-    "nodePools": [
-        {
-            "name": "gpu",
-            "models": ["cnn", "insightface"],
-            "gpuResourceName": "nvidia.com/gpu",
-            "gpuCount": 1,
-            "gpuMemoryMiB": 4096,
-            "maxConcurrentJobs": 2,
-            "nodeSelector": {"node.kubernetes.io/instance-type": "g4dn.xlarge"},
-            "tolerations": [
-                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-            ],
-        },
-        {"name": "cpu", "models": ["hog"], "nodeSelector": {"pool": "cpu"}},
-    ],
+    "policy": {
+        "detectorImages": ["registry.example/facescan/"],
+        "volumeTypes": ["persistentVolumeClaim", "nfs"],
+        "pools": [
+            {
+                "name": "gpu",
+                "gpuResourceName": "nvidia.com/gpu",
+                "gpuCount": 1,
+                "gpuMemoryMiB": 4096,
+                "nodeSelector": {"node.kubernetes.io/instance-type": "g4dn.xlarge"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+            },
+            {"name": "cpu", "nodeSelector": {"pool": "cpu"}},
+        ],
+    },
+    "detector": {
+        "image": {"repository": "registry.example/facescan/detector"},
+        "gpuImage": {"repository": "registry.example/facescan/detector"},
+    },
     "kueue": {"queueName": "photos-queue"},
     "metrics": {"serviceMonitor": {"enabled": True}},
-    "exampleScan": {"enabled": True, "claimName": "family-photos"},
+    "exampleScan": {
+        "enabled": True,
+        "claimName": "family-photos",
+        "nodePools": [
+            {"name": "gpu", "models": ["cnn", "insightface"], "maxConcurrentJobs": 2},
+            {"name": "cpu", "models": ["hog"]},
+        ],
+    },
     "peering": {"enabled": True},
     "operator": {"replicas": 1},
 }
@@ -226,8 +242,31 @@ def test_no_secret_and_no_password_is_rendered(values: dict[str, Any]) -> None:
     assert "postgresql://" not in text
 
 
-def test_the_example_facescan_uses_the_pools_the_queue_and_the_secret() -> None:
-    (scan,) = of_kind(render(GPU_AND_CPU), "FaceScan")
+def operator_policy(docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> AdminPolicy:
+    """The admin policy the chart's operator reads from its Deployment's environment."""
+    (deployment,) = of_kind(docs, "Deployment")
+    for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if var["name"].startswith("FACESCAN_POLICY_"):
+            monkeypatch.setenv(var["name"], var["value"])
+    return AdminPolicy()
+
+
+def test_the_default_policy_allows_the_charts_detector_and_no_host_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = operator_policy(render({}), monkeypatch)
+    assert policy.detector_images == ("ghcr.io/facescan/facescan-detector",)
+    assert policy.image_allowed("ghcr.io/facescan/facescan-detector:0.1.0-cuda")
+    assert not policy.image_allowed("docker.io/attacker/miner:latest")
+    assert "hostPath" not in policy.volume_types
+    assert {pool.name for pool in policy.pools} == {"gpu", "cpu"}
+
+
+def test_the_example_facescan_uses_the_pools_the_queue_and_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = render(GPU_AND_CPU)
+    (scan,) = of_kind(docs, "FaceScan")
     # helm uninstall keeps it rather than leave it Terminating without its operator
     assert scan["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     spec = scan["spec"]
@@ -235,11 +274,14 @@ def test_the_example_facescan_uses_the_pools_the_queue_and_the_secret() -> None:
     assert [p["name"] for p in spec["nodePools"]] == ["gpu", "cpu"]
     assert spec["kueueQueueName"] == "photos-queue"
     assert spec["detector"]["gpuImage"].endswith(":0.1.0-cuda")
-    from facescan_operator.k8s.spec import FaceScanSpec
-
-    parsed = FaceScanSpec.model_validate(spec)
-    assert parsed.pool_for("cnn").is_gpu
-    assert not parsed.pool_for("hog").is_gpu
+    placed = enforce(
+        operator_policy(docs, monkeypatch), FaceScanSpec.model_validate(spec), "facescan-system"
+    )
+    gpu = placed.pool_for("cnn")
+    assert gpu.is_gpu
+    assert gpu.max_concurrent_jobs == 2
+    assert gpu.node_selector == {"node.kubernetes.io/instance-type": "g4dn.xlarge"}
+    assert placed.pool_for("hog").node_selector == {"pool": "cpu"}
 
 
 def test_image_tags_follow_the_app_version() -> None:
@@ -257,7 +299,10 @@ def test_image_tags_follow_the_app_version() -> None:
         {"unknown": 1},
         {"operator": {"replicas": "two"}},
         {"operator": {"replicas": 2}},  # one replica: README "One operator replica"
-        {"nodePools": [{"name": "x"}]},
+        {"nodePools": [{"name": "x", "models": ["hog"]}]},  # pools are policy.pools
+        {"policy": {"volumeTypes": ["emptyDir"]}},
+        {"policy": {"pools": [{"name": "gpu", "models": ["cnn"]}]}},
+        {"exampleScan": {"nodePools": [{"name": "gpu", "models": ["cnn"], "tolerations": []}]}},
         {"metrics": {"port": 80}},
         {"metrics": {"address": "everywhere"}},
         {"operator": {"health": {"address": ""}}},

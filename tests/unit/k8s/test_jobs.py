@@ -7,7 +7,14 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from facescan_operator.k8s.jobs import JobBatch, ScanRef, build_detector_job, job_name
+from facescan_operator.k8s.jobs import (
+    JobBatch,
+    ScanRef,
+    batch_job_name,
+    build_detector_job,
+    job_name,
+    owned_by,
+)
 from facescan_operator.k8s.spec import FaceScanSpec
 
 SCAN = ScanRef("photos", "family", "0b3e6a3c-5d7e-4f7a-9a55-0c1f2b3d4e5f")
@@ -70,6 +77,22 @@ def test_job_carries_the_job_contract_and_retries_nothing_itself() -> None:
     assert env["FACESCAN_LIBRARY_ROOT"]["value"] == "/library"
     assert env["FACESCAN_DSN"]["valueFrom"]["secretKeyRef"] == {"name": "facescan-db", "key": "dsn"}
     assert "value" not in env["FACESCAN_DSN"]  # the URL never appears in the manifest
+    # the assignment its detector claims when it starts
+    assignment = ("FACESCAN_LIBRARY", "FACESCAN_STEP", "FACESCAN_SIZE_CLASS", "FACESCAN_BATCH_SIZE")
+    assert [env[name]["value"] for name in assignment] == ["photos/family", "0", "1", "25"]
+
+
+def test_detector_pods_may_get_a_role_of_their_own() -> None:
+    """A Secret holding a role granted only the detector's calls, apart from the
+    operator's (`facescan db grant` without --operator)."""
+    separate = spec(database={"secretName": "facescan-db", "detectorSecretName": "detector-db"})
+    env = {
+        e["name"]: e
+        for e in build_detector_job(SCAN, separate, batch())["spec"]["template"]["spec"][
+            "containers"
+        ][0]["env"]
+    }
+    assert env["FACESCAN_DSN"]["valueFrom"]["secretKeyRef"] == {"name": "detector-db", "key": "dsn"}
 
 
 def test_a_large_library_is_not_chowned_at_every_start() -> None:
@@ -156,3 +179,18 @@ def test_job_names_fit_a_label_value() -> None:
     name = job_name("a" * 80, "s5c4-abcdef")
     assert len(name) <= 63
     assert name.endswith("-s5c4-abcdef")
+
+
+def test_a_facescan_settles_only_the_leases_of_its_own_jobs() -> None:
+    """Lease owners are Job names; a FaceScan ends only its own Jobs' leases, not those of
+    another FaceScan of the same library, however their names begin."""
+    own = batch_job_name("photos", 0, 3)
+    assert owned_by("photos", own)
+    assert not owned_by("photos-s1c2", own)
+    assert not owned_by("photos", batch_job_name("photos-s1c2", 0, 3))
+    assert not owned_by("photos", batch_job_name("photos-old", 1, 2))
+    assert not owned_by("photos", "local-vm-1")
+    assert not owned_by("photos", "photos")
+    long = "a" * 63
+    assert owned_by(long, batch_job_name(long, 10, 12))
+    assert len(batch_job_name(long, 10, 12)) <= 63

@@ -3,12 +3,13 @@ and what the status says."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s.observe import JobOutcome, JobView, parse_quantity, view_jobs
-from facescan_operator.k8s.reconcile import changed, plan_batches, settle, status_of
+from facescan_operator.k8s.reconcile import changed, plan_batches, settle, status_of, unclaimed
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import unreachable, with_generation
 from facescan_operator.sizing import CalibrationTable
@@ -274,3 +275,17 @@ def test_a_database_out_of_reach_degrades_only_that_facescan_s_status() -> None:
     assert "counts" not in after  # the last counts read stay as they were
     again = unreachable(before | after, "DatabaseUnavailable", "connection refused", now)
     assert again["conditions"] == after["conditions"]  # nothing to patch, no new Event
+
+
+def test_batches_of_jobs_not_started_yet_are_spoken_for() -> None:
+    """Runnable images less what waiting Jobs (no lease yet) will claim; a Job that has
+    claimed its batch no longer counts (its images are not runnable any more)."""
+    groups = [GroupCount(0, 1, 30), GroupCount(0, 2, 5), GroupCount(1, 1, 4)]
+    waiting = replace(job("w", JobOutcome.RUNNING), size_class=1, images=25)
+    small = replace(job("s", JobOutcome.RUNNING), size_class=2, images=25)
+    claimed = replace(job("c", JobOutcome.RUNNING), size_class=1, images=25)
+    assert unclaimed(groups, [waiting, small, claimed], leased={"c"}) == [
+        GroupCount(0, 1, 5),
+        GroupCount(1, 1, 4),
+    ]
+    assert unclaimed(groups, [], leased=set()) == groups

@@ -208,7 +208,41 @@ async def test_a_batch_no_node_has_memory_for_moves_to_the_next_step_in_the_same
 
     moved = await ticks.at(61)
     assert reasons(moved)[:2] == ["BatchTooLargeForNodes", "BatchTooLargeForNodes"]
-    assert await images(dsn) == [("leased", 1, 0, "oom")] * 20  # no attempt charged
+    # no attempt charged; pending at step 1 for the new Jobs, whose detectors claim them
+    assert await images(dsn) == [("pending", 1, 0, "oom")] * 20
     assert {job["metadata"]["labels"]["facescan.io/step"] for job in cluster.jobs.values()} == {"1"}
     assert (ticks.degraded()["status"], ticks.degraded()["reason"]) == ("True", "Unschedulable")
     assert ticks.status["phase"] == "Running"
+
+
+async def test_a_job_waiting_to_run_holds_no_lease_and_gets_no_twin(ticks: Ticks, dsn: str) -> None:
+    """A Job waiting for Kueue, a node or an image pull leases nothing: waiting longer than
+    the lease charges nothing and expires nothing, and its batch is spoken for (no second
+    Job for the same images). Its detector claims the batch when it starts."""
+    first = await ticks.at(0)
+    assert len(first.created) == 2  # 20 images, batches of 10, parallelism 2
+    assert await ticks.queue.leases("photos") == []
+    assert await images(dsn) == [("pending", 0, 0, None)] * 20
+
+    late = await ticks.at(400)  # longer than the 300 s lease
+    assert (late.created, reasons(late)) == ([], [])
+    assert await images(dsn) == [("pending", 0, 0, None)] * 20
+
+    job = ticks.cluster.jobs[first.created[0][0]]
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    claimed = await ticks.queue.claim(
+        env["FACESCAN_LIBRARY"],
+        env["FACESCAN_LEASE_OWNER"],
+        step=int(env["FACESCAN_STEP"]),
+        size_class=int(env["FACESCAN_SIZE_CLASS"]),
+        limit=int(env["FACESCAN_BATCH_SIZE"]),
+        lease_seconds=300,
+    )
+    assert len(claimed) == 10  # what the pod's detector does when it starts
+    started = await ticks.at(401)
+    assert (started.created, reasons(started)) == ([], [])
+    assert [lease.owner for lease in await ticks.queue.leases("photos")] == [
+        job["metadata"]["name"]
+    ]

@@ -78,5 +78,5 @@ async def test_the_metrics_server_binds_where_the_environment_says(
     monkeypatch.setattr(
         prometheus_client, "start_http_server", lambda port, addr: started.append((port, addr))
     )
-    await handlers.configure(settings=kopf.OperatorSettings())
+    await handlers.configure(settings=kopf.OperatorSettings(), memo=kopf.Memo())
     assert started == served
