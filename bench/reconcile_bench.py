@@ -172,6 +172,7 @@ class Nodes:
             if pod is None:
                 continue  # not created or not bound yet: next time
             self.handled.add(name)
+            await self._claim(job)
             if kill_one and self.oom_job is None:
                 started = await self.queue.start_next(name)
                 assert started is not None
@@ -189,6 +190,19 @@ class Nodes:
             await self.queue.release(name)
             self._status(pod, "Completed", 0)
             self.ended.add(name)
+
+    async def _claim(self, job: Obj) -> None:
+        """What the pod's detector does first: claim the batch of its Job's assignment."""
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        await self.queue.claim(
+            env["FACESCAN_LIBRARY"],
+            env["FACESCAN_LEASE_OWNER"],
+            step=int(env["FACESCAN_STEP"]),
+            size_class=int(env["FACESCAN_SIZE_CLASS"]),
+            limit=int(env["FACESCAN_BATCH_SIZE"]),
+            lease_seconds=int(env["FACESCAN_LEASE_SECONDS"]),
+        )
 
     async def _bound_pod(self, job: str) -> Obj | None:
         for _ in range(50):
@@ -329,11 +343,13 @@ async def _ticks(
         status = {**status, **outcome.status}
         if outcome.oom_killed:
             oom_seen_tick = tick
-        if nodes.oom_image is not None and rescheduled_tick is None:
-            row = await _image(dsn, nodes.oom_image)
-            if row["lease_owner"] is not None and row["step"] == 1:
-                rescheduled_tick = tick
         jobs = cluster.objects("batch/v1/jobs", NS)
+        if nodes.oom_image is not None and rescheduled_tick is None:
+            # rescheduled: at step 1, with a step-1 Job to claim it
+            row = await _image(dsn, nodes.oom_image)
+            steps = {j["metadata"]["labels"].get("facescan.io/step") for j in jobs}
+            if row["step"] == 1 and "1" in steps:
+                rescheduled_tick = tick
         # ended: its pod ended (the operator reads that first; the Job controller's
         # conditions follow a moment later)
         ended = sum(1 for j in jobs if j["metadata"]["name"] in nodes.ended)

@@ -1,15 +1,20 @@
 """The detector's main loop: turns each image of its lease into committed faces or a
 typed failure, one image at a time.
 
+A Job's detector claims its own batch when it starts (its assignment: library, cascade
+step, size class, batch size), so nothing is leased while a Job waits for Kueue, a node
+or an image pull; a local worker works through a lease its runner claimed.
+
 Called by ``facescan-detector run`` (cli.py) inside a Job pod or a local subprocess.
 For each image: start it (an open attempt), load it (prefetched while the previous one
 was being detected), detect with the model of its cascade step, then commit the faces
 and start the next image in one transaction. A GPU out-of-memory steps down the
-cascade in-process; a host MemoryError, a hung detection or a dead mount is recorded
-and ends the process, handing the unstarted images back. The lease is heartbeated
-throughout; a database outage is waited out and never charged to an image. SIGTERM (a pod
-evicted, preempted or deleted, a Ctrl-C's sibling) stops at once and hands the image in
-progress and the rest of the lease back uncharged: it was not the image's fault.
+cascade in-process; a host MemoryError, a load or detection past the per-image timeout
+(one budget for both) or a dead mount is recorded and ends the process, handing the
+unstarted images back. The lease is heartbeated throughout; a database outage is
+waited out and never charged to an image. SIGTERM (a pod evicted, preempted or deleted,
+a Ctrl-C's sibling) stops at once and hands the image in progress and the rest of the
+lease back uncharged: it was not the image's fault.
 """
 
 from __future__ import annotations
@@ -150,15 +155,46 @@ class _Worker:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
+    async def _claim(self) -> None:
+        """Leases this process's own batch, if it was given an assignment (a Job is): a
+        pod that starts late finds what is left, or nothing and ends at once."""
+        s = self.settings
+        if s.library is None:
+            return
+        try:
+            claimed = await self._db(
+                self.queue.claim,
+                s.library,
+                self.owner,
+                step=s.step,
+                size_class=s.size_class,
+                limit=s.batch_size,
+                lease_seconds=s.lease_seconds,
+            )
+        except IllegalTransition:
+            # the lease is held already: a pod of this Job that was lost with its node left
+            # it; this one works through what is left of it
+            log.info("lease %s is held already: continuing it", self.owner)
+            return
+        log.info(
+            "claimed %d images of %s (cascade step %d, size class %d)",
+            len(claimed),
+            s.library,
+            s.step,
+            s.size_class,
+        )
+
     async def run(self) -> RunSummary:
-        beat = asyncio.create_task(self._heartbeat())
-        self.tasks.add(beat)
-        if self.settings.model is not None:  # load it while the first image is read
+        if self.settings.model is not None:  # load it while the batch is claimed and read
             preload = asyncio.get_running_loop().run_in_executor(
                 self.detect_pool, self._detector, self.settings.model
             )
             preload.add_done_callback(_consume_exception)  # else raised at its first use
+        beat: asyncio.Task[None] | None = None
         try:
+            await self._claim()
+            beat = asyncio.create_task(self._heartbeat())
+            self.tasks.add(beat)
             image = await self._db(self.queue.start_next, self.owner)
             while image is not None and not self.lease_lost:
                 image = await self._one(image)
@@ -177,7 +213,8 @@ class _Worker:
             # the lease expires and its images are detected again, none done without faces.
             self.summary.reason = f"lease lost: the database does not hold it as left: {exc}"
         finally:
-            beat.cancel()
+            if beat is not None:
+                beat.cancel()
         if self.lease_lost and self.summary.reason == "lease finished":
             self.summary.reason = "lease lost (reclaimed by the control plane)"
         log.info(
@@ -251,19 +288,28 @@ class _Worker:
         def signal() -> None:  # in a thread of the detector
             loop.call_soon_threadsafe(room.set)
 
+        # one budget for loading and detecting: a decoder that never returns is cut too
+        # (its thread is left behind and the process exits, as for a hung detection)
+        timeout = self.settings.image_timeout_s
+        deadline = loop.time() + timeout
         try:
-            loaded = await self._load(image)
+            try:
+                loaded = await asyncio.wait_for(self._load(image), timeout=timeout)
+            except TimeoutError:
+                raise DetectionTimeout(
+                    f"{image.path}: loading took longer than {timeout:g} s"
+                ) from None
             try:
                 faces = await asyncio.wait_for(
                     loop.run_in_executor(
                         self.detect_pool, self._detect, image.model, loaded.pixels, signal
                     ),
-                    timeout=self.settings.image_timeout_s,
+                    timeout=max(0.0, deadline - loop.time()),
                 )
             except TimeoutError:
                 raise DetectionTimeout(
-                    f"{image.path}: detection with {image.model}@{image.scale:g} took "
-                    f"longer than {self.settings.image_timeout_s:g} s"
+                    f"{image.path}: loading and detection with {image.model}@{image.scale:g} "
+                    f"took longer than {timeout:g} s"
                 ) from None
         finally:
             room.set()  # a failed load or detection lets the next image's prefetch go on

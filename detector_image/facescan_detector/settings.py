@@ -21,6 +21,21 @@ class DetectorSettings(BaseSettings):
     lease_owner: str = Field(min_length=1)
     """The lease this process works through (FACESCAN_LEASE_OWNER): a Job's name."""
 
+    library: str | None = None
+    """With it (FACESCAN_LIBRARY, as a Job of the operator has it), the process claims
+    its own batch when it starts: up to ``batch_size`` runnable images of cascade step
+    ``step`` and size class ``size_class``, leased to ``lease_owner``; nothing is leased
+    while a Job waits to run. Without it, it works through a lease its runner claimed."""
+
+    step: int = Field(default=0, ge=0)
+    """The cascade step of the batch to claim (FACESCAN_STEP)."""
+
+    size_class: int = Field(default=0, ge=0)
+    """The size class of the batch to claim (FACESCAN_SIZE_CLASS)."""
+
+    batch_size: int = Field(default=25, ge=1, le=10000)
+    """Most images to claim (FACESCAN_BATCH_SIZE)."""
+
     library_root: Path
     """The directory image paths are relative to (FACESCAN_LIBRARY_ROOT). Files outside
     it, by path or by symlink, are refused."""
@@ -29,7 +44,8 @@ class DetectorSettings(BaseSettings):
     """Long side images are capped at before detection; 0 for no cap."""
 
     image_timeout_s: float = Field(default=300.0, gt=0)
-    """Detection of one image is cut after this many seconds (failure type timeout)."""
+    """Loading and detecting one image are cut after this many seconds together (failure
+    type timeout): a decoder that does not return is not waited for either."""
 
     lease_seconds: int = Field(default=120, ge=10)
     """How long the lease lasts without a heartbeat; heartbeats come every third of it."""

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import asyncpg
 
+from facescan_queue.models import NewImage
 from facescan_queue.repository import Queue
 from tests.integration.detector.support import (
     LIB,
     UNKNOWN_SIZE,
     copy_rolls,
     copy_samples,
+    detector_env,
     finish,
     images_by_path,
     register_and_claim,
@@ -114,3 +116,37 @@ async def test_sigterm_hands_the_lease_back_uncharged_and_exits_143(
     assert {r["state"] for p, r in images.items() if p not in done} == {"pending"}
     assert {r["lease_owner"] for r in images.values()} == {None}
     assert await db.fetchval("SELECT count(*) FROM facescan.leases") == 0
+
+
+async def test_a_job_s_detector_claims_its_own_batch_and_a_late_one_ends_at_once(
+    hog_queue: Queue, db: asyncpg.Connection, dsn: str, root: Path
+) -> None:
+    """As a Job runs it: the assignment (library, step, size class, batch size) in its
+    environment, nothing leased before it starts. A second Job of the same group that
+    starts after the first took everything finds nothing and exits 0 without a lease."""
+    paths = copy_samples(root, ["obama.jpg", "cameraman.png", "astronaut.png"])
+    assert await hog_queue.register(LIB, [NewImage(p) for p in paths]) == 3
+    assignment = {
+        "FACESCAN_LIBRARY": LIB,
+        "FACESCAN_STEP": "0",
+        "FACESCAN_SIZE_CLASS": str(UNKNOWN_SIZE),
+        "FACESCAN_BATCH_SIZE": "2",
+    }
+
+    first = await run_detector(dsn, "scan-s0c5-aaaaaa", root, env=detector_env(dsn, **assignment))
+    assert first.returncode == 0, first.stderr
+    assert first.summary["done"] == 2  # its batch size, no more
+    second = await run_detector(dsn, "scan-s0c5-bbbbbb", root, env=detector_env(dsn, **assignment))
+    assert (second.returncode, second.summary["done"]) == (0, 1), second.stderr
+    late = await run_detector(dsn, "scan-s0c5-cccccc", root, env=detector_env(dsn, **assignment))
+    assert (late.returncode, late.summary["done"], late.summary["failed"]) == (0, 0, 0)
+
+    images = await images_by_path(db)
+    assert {r["state"] for r in images.values()} == {"done"}
+    history = await db.fetch("SELECT worker, outcome::text FROM facescan.attempts ORDER BY id")
+    assert sorted(tuple(r) for r in history) == [
+        ("scan-s0c5-aaaaaa", "done"),
+        ("scan-s0c5-aaaaaa", "done"),
+        ("scan-s0c5-bbbbbb", "done"),
+    ]
+    assert await hog_queue.leases(LIB) == []
