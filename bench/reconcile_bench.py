@@ -67,7 +67,10 @@ def _spec(parallelism: int, batch_size: int, ttl: int) -> FaceScanSpec:
     return FaceScanSpec.model_validate(
         {
             "database": {"secretName": "facescan-db"},
-            "library": {"volume": {"persistentVolumeClaim": {"claimName": "photos"}}},
+            "library": {
+                "volume": {"persistentVolumeClaim": {"claimName": "photos"}},
+                "rescanIntervalSeconds": 0,  # the bench registers the images itself
+            },
             "detector": {"image": "ghcr.io/facescan/detector:0.1.0"},
             "cascade": [
                 {"model": "cnn", "scale": 1.0},

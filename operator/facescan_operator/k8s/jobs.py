@@ -94,6 +94,38 @@ def _quantity(memory_bytes: int) -> str:
     return f"{-(-memory_bytes // MIB)}Mi"
 
 
+def detector_security() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's and the container's securityContext of the detector image's pods: what
+    the `restricted` Pod Security level admits, as uid 10001 with a read-only root."""
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": DETECTOR_UID,
+        "runAsGroup": DETECTOR_UID,
+        "fsGroup": DETECTOR_UID,
+        # a library of millions of files: chown them only if the volume's root is not
+        # the group's already, not at every pod's start
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return pod, container
+
+
+def placement(pool: NodePool) -> dict[str, Any]:
+    """The pod spec fields that put a pod on the pool (as the admin's policy placed it)."""
+    fields: dict[str, Any] = {}
+    if pool.node_selector:
+        fields["nodeSelector"] = dict(pool.node_selector)
+    if pool.tolerations:
+        fields["tolerations"] = [dict(t) for t in pool.tolerations]
+    return fields
+
+
 def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> dict[str, Any]:
     """The Job manifest for one batch."""
     pool: NodePool = spec.pool_for(batch.model)
@@ -157,20 +189,12 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         if pool.is_gpu and spec.detector.gpu_image
         else (spec.detector.image)
     )
+    pod_security, container_security = detector_security()
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": DETECTOR_UID,
-            "runAsGroup": DETECTOR_UID,
-            "fsGroup": DETECTOR_UID,
-            # a library of millions of files: chown them only if the volume's root is not
-            # the group's already, not at every pod's start
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security,
         "containers": [
             {
                 "name": "detector",
@@ -181,20 +205,12 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
                 "env": env,
                 "resources": resources,
                 "volumeMounts": mounts,
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
+                "securityContext": container_security,
             }
         ],
         "volumes": volumes,
     }
-    if pool.node_selector:
-        pod_spec["nodeSelector"] = dict(pool.node_selector)
-    if pool.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in pool.tolerations]
+    pod_spec.update(placement(pool))
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         # A pod preempted, evicted or lost with its node is not a failure: its detector

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facescan_operator.breaker import BreakerState, CircuitBreaker
-from facescan_operator.k8s import stuck
+from facescan_operator.k8s import register, stuck
 from facescan_operator.k8s.jobs import (
     JobBatch,
     ScanRef,
@@ -329,6 +329,21 @@ async def reconcile(
     if refused is not None:
         raise refused
 
+    # the library's files, registered by a Job when the FaceScan is new and then
+    # every spec.library.rescanIntervalSeconds
+    registering = register.decide(
+        spec,
+        register.view(await kube.list_jobs(scan.namespace, register.register_labels(scan))),
+        register.Registration.of(previous_status),
+        now,
+    )
+    events += registering.events
+    await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in registering.delete))
+    if registering.create and not spec.suspend:
+        name = register.register_job_name(scan.name)
+        await kube.create_job(scan.namespace, register.build_register_job(scan, spec, name))
+        events.append(("Normal", "RegisterJobCreated", f"{name}: registers the library's files"))
+
     # (3) status
     clock = await queue.attempt_clock(library)
     attempts = await queue.attempt_outcomes(library, attempt_clock, clock) if attempt_clock else {}
@@ -354,5 +369,8 @@ async def reconcile(
         previous_status,
         now,
         holds,
+        registered=registering.registration.registered_at is not None
+        or not spec.library.rescan_interval_seconds,
     )
+    status["registration"] = registering.registration.as_json()
     return Outcome(status, events, created, oom_killed, clock, attempts)

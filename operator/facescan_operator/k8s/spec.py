@@ -40,6 +40,9 @@ class Library(_Spec):
     name: str | None = None
     volume: dict[str, Any]
     mount_path: str = Field(default="/library", alias="mountPath")
+    rescan_interval_seconds: int = Field(default=3600, alias="rescanIntervalSeconds", ge=0)
+    """The operator registers the library's files when the FaceScan is created and this
+    often after (a register Job); 0: never (register them with `facescan register`)."""
 
 
 class Detector(_Spec):

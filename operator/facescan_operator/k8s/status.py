@@ -46,16 +46,19 @@ def status_of(
     previous: dict[str, Any],
     now: datetime,
     holds: Sequence[Hold] = (),
+    registered: bool = True,
 ) -> dict[str, Any]:
     """Pure: the FaceScan's status (phase, conditions, counts) from what was observed;
-    ``holds``: where stuck Jobs hold back launching (stuck.py)."""
+    ``holds``: where stuck Jobs hold back launching (stuck.py); ``registered``: false
+    until the operator's first registration of the library's files ended (register.py),
+    before which nothing is Completed."""
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     open_breaker = breaker.state is not BreakerState.CLOSED
     cause = stuck.degraded((breaker.reason or "breaker open") if open_breaker else None, holds)
-    finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0
+    finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0 and registered
     if suspended:
         phase = "Suspended"
-    elif counts.images == 0:
+    elif counts.images == 0 or not (registered or active_jobs or runnable):
         phase = "Pending"
     elif open_breaker or any(h.blocking for h in holds):
         phase = "Degraded"

@@ -295,6 +295,7 @@ def facescan(name: str, **spec: Any) -> Obj:
         "library": {
             "volume": {"persistentVolumeClaim": {"claimName": CLAIM, "readOnly": True}},
             "mountPath": MOUNT,
+            "rescanIntervalSeconds": 0,  # the tests register what they scan (register())
         },
         "detector": {"image": "facescan-detector:e2e", "imagePullPolicy": "Never"},
         "cascade": [{"model": "hog", "scale": 1.0}],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -685,3 +686,47 @@ async def test_a_job_suspended_longer_than_its_lease_then_admitted_loses_and_cha
     assert [a["outcome"] for a in done] == ["done"] * 6  # each image once, nothing charged
     assert name in {a["worker"] for a in done}  # the Job that waited did its batch
     assert events(cluster, "LeaseExpired") == []
+
+
+# --- j) a FaceScan finds its own files ---
+
+
+@pytest.mark.slow
+async def test_applying_a_facescan_alone_scans_its_library_and_rescans_new_files(
+    cluster: Kube, operator: Operator, queue: Queue, photos: Path, dsn: str, library: str
+) -> None:
+    """Nothing registered beforehand: the operator's register Job (detector image, the
+    library read-only) registers the files, the detectors find their faces; a photo added
+    later is registered by the next rescan and detected too."""
+    await operator.start()
+    scan = facescan("photos", parallelism=2, batchSize=3)
+    scan["spec"]["library"]["rescanIntervalSeconds"] = 8
+    await apply(cluster, scan)
+
+    got = await scanned(cluster, timeout=240)
+    assert got["progress"] == "6/6"
+    await assert_everything_found_once(queue, dsn, library)
+    registered = events(cluster, "LibraryRegistered")
+    assert registered
+    assert got["registration"]["registeredAt"] is not None
+    register_jobs = [
+        j
+        for j in created_jobs(cluster)
+        if j["metadata"]["labels"]["app.kubernetes.io/component"] == "register"
+    ]
+    assert register_jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"][:2] == [
+        "register",
+        MOUNT,
+    ]
+
+    shutil.copyfile(SAMPLES / "obama.jpg", photos / "new_obama.jpg")
+    await poll(
+        lambda: (
+            phase(cluster, "photos") == "Completed"
+            and status(cluster, "photos").get("progress") == "7/7"
+        ),
+        120,
+        "the new photo registered and detected",
+    )
+    assert dict(await queue.faces_per_image(library))["new_obama.jpg"] == 1
+    assert await duplicated_faces(dsn) == []

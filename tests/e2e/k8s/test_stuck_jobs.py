@@ -64,6 +64,7 @@ async def test_jobs_refused_by_pod_security_degrade_the_facescan_and_charge_noth
     scan["spec"]["library"] = {
         "volume": {"hostPath": {"path": str(photos), "type": "Directory"}},
         "mountPath": "/library",
+        "rescanIntervalSeconds": 0,
     }
     await apply(cluster, scan)
 

@@ -93,7 +93,8 @@ def spec() -> FaceScanSpec:
     return FaceScanSpec.model_validate(
         {
             "database": {"secretName": "db"},
-            "library": {"name": "photos", "volume": {"emptyDir": {}}},
+            # registration is register.py's (test_register.py); the images are registered
+            "library": {"name": "photos", "volume": {"emptyDir": {}}, "rescanIntervalSeconds": 0},
             "detector": {"image": "d"},
             "batchSize": 10,
             "parallelism": 2,
