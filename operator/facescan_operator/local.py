@@ -37,6 +37,7 @@ from pathlib import Path
 from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.memlimit import MemoryLimiter, Slot
 from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
+from facescan_operator.sizing import MIB
 from facescan_queue.errors import DatabaseUnavailable
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
@@ -275,7 +276,7 @@ class LocalRunner:
             batch.model,
             batch.scale,
             batch.size_class,
-            batch.memory_bytes // (1024 * 1024),
+            batch.memory_bytes // MIB,
         )
         return True
 
@@ -289,7 +290,7 @@ class LocalRunner:
                 charge, why = (
                     ErrorType.OOM,
                     (
-                        f"worker killed for memory at its {worker.slot.limit_bytes // 2**20} MiB "
+                        f"worker killed for memory at its {worker.slot.limit_bytes // MIB} MiB "
                         f"limit ({worker.batch.model}@{worker.batch.scale:g})"
                     ),
                 )
@@ -329,12 +330,12 @@ class LocalRunner:
             return
         how = f"exited with {code}" if code >= 0 else f"killed by signal {-code}"
         if oom:
-            how = f"killed for memory at its {worker.slot.limit_bytes // 2**20} MiB limit"
+            how = f"killed for memory at its {worker.slot.limit_bytes // MIB} MiB limit"
         raise DetectorsCannotRun(
             f"{self._startup_failures} detectors in a row died before starting any image "
             f"(the last {how}: {tail})"
             + (
-                f"; is --memory-limit {self.options.memory_limit // 2**20} MiB enough "
+                f"; is --memory-limit {self.options.memory_limit // MIB} MiB enough "
                 "for a detector to load its model?"
                 if self.options.memory_limit is not None
                 else ""

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from facescan_operator.k8s.spec import GROUP, KIND, VERSION, FaceScanSpec, NodePool
+from facescan_operator.sizing import MIB
 
-MIB = 1024 * 1024
 DETECTOR_UID = 10001
 LABEL_SCAN = f"{GROUP}/scan"
 LABEL_STEP = f"{GROUP}/step"

@@ -1,6 +1,6 @@
 """The operator's calls to the API server, over the official kubernetes client.
 
-Implements reconcile.KubeApi. Responses are read as plain JSON (not the client's
+Implements ports.KubeApi. Responses are read as plain JSON (not the client's
 models), so objects with fields a given client version does not know never break the
 operator. Blocking client calls run in a thread.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from facescan_operator.k8s.reconcile import KubeApi
+from facescan_operator.k8s.ports import KubeApi
 
 log = logging.getLogger(__name__)
 

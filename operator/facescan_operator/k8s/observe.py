@@ -16,11 +16,11 @@ from enum import StrEnum
 from typing import Any
 
 from facescan_operator.k8s.jobs import ANNOTATION_IMAGES, LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
+from facescan_operator.sizing import MIB
 
-MIB = 1024 * 1024
 _UNITS = {
     "Ki": 2**10,
-    "Mi": 2**20,
+    "Mi": MIB,
     "Gi": 2**30,
     "Ti": 2**40,
     "K": 10**3,

@@ -35,11 +35,12 @@ from facescan_operator.k8s.jobs import (
     owned_by,
 )
 from facescan_operator.k8s.observe import JobOutcome, JobView
+from facescan_operator.k8s.ports import KubeApi as KubeApi
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import changed as changed
 from facescan_operator.k8s.status import status_of as status_of
 from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
-from facescan_operator.sizing import CalibrationTable
+from facescan_operator.sizing import MIB, CalibrationTable
 from facescan_queue.models import (
     AttemptClock,
     GroupCount,
@@ -50,7 +51,6 @@ from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
 
 VANISHED_GRACE = timedelta(seconds=60)
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -181,25 +181,6 @@ class Outcome:
     """Where counting finished attempts stands after this tick (pass it to the next)."""
     attempts: dict[tuple[str, str | None], int] = field(default_factory=dict)
     """Attempts finished since the previous tick, by (outcome, failure type)."""
-
-
-class KubeApi:
-    """What reconcile needs from the API server (kube.py implements it)."""
-
-    async def list_jobs(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    async def create_job(self, namespace: str, body: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    async def delete_job(self, namespace: str, name: str) -> None:
-        raise NotImplementedError
-
-    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
-        raise NotImplementedError
 
 
 async def reconcile(

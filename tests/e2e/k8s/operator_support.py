@@ -113,6 +113,7 @@ class Operator:
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _error: BaseException | None = None
+    _memo: kopf.Memo = field(default_factory=kopf.Memo)
 
     def __post_init__(self) -> None:
         original = reconcile_module.reconcile
@@ -158,21 +159,23 @@ class Operator:
                     ),
                     stop_flag=self._stop,
                     ready_flag=ready,
+                    memo=self._memo,
                 )
             )
         except BaseException as exc:
             self._error = exc
         finally:
-            self._exit(loop)
+            self._exit(loop, self._memo)
 
     @staticmethod
-    def _exit(loop: asyncio.AbstractEventLoop) -> None:
+    def _exit(loop: asyncio.AbstractEventLoop, memo: kopf.Memo) -> None:
         """What the end of an operator process frees: pools its cleanup did not close,
         and the sockets of requests kopf had in flight when it was stopped (its API
         session, a database connection), collected here, in this loop, as at process
         exit, not later in whichever test the garbage collector happens to run in."""
         try:
-            for queue in list(handlers._queues.values()):
+            operator = memo.get("shared")
+            for queue in list(operator.queues.values()) if operator is not None else []:
                 with contextlib.suppress(Exception):
                     loop.run_until_complete(queue.close())
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -190,22 +193,13 @@ class Operator:
         await asyncio.to_thread(self._thread.join, 60)
         alive = self._thread.is_alive()
         self._thread = None
-        handlers._queues.clear()  # closed by the cleanup handler, or their loop is gone
         assert not alive, "kopf did not stop within 60 s"
         if self._error is not None:
             raise RuntimeError(f"the operator failed: {self._error!r}") from self._error
 
     def _reset(self) -> None:
-        """As a new process: a fresh API client, no breakers, no locks, no pools."""
-        handlers._kube = None
-        handlers._breakers.clear()
-        handlers._locks.clear()
-        handlers._queues.clear()
-        handlers._clocks.clear()
-        handlers._dsns.clear()
-        handlers._ticks.clear()
-        handlers._invalid.clear()
-        handlers._unreachable.clear()
+        """As a new process: a new memo (no API client, breakers, locks or pools)."""
+        self._memo = kopf.Memo()
 
     def ticks_since(self, when: datetime) -> list[Tick]:
         return [t for t in self.ticks if t.at >= when]

@@ -1,7 +1,7 @@
 """The operator's database of a FaceScan, read from its Secret: a malformed URL is the
 FaceScan's Secret trouble (reason DatabaseSecret), a well-formed one out of reach is
 DatabaseUnavailable, and neither the error, the log, the status nor the Event text holds
-the password. `handlers._queue` is the function each reconcile connects through."""
+the password. `Shared.queue` (k8s/state.py) is what each reconcile connects through."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import kopf
 import pytest
 import yaml
 
 from facescan_operator.k8s import handlers
 from facescan_operator.k8s.kube import SecretError
 from facescan_operator.k8s.spec import FaceScanSpec
+from facescan_operator.k8s.state import Shared, shared
 from facescan_operator.k8s.status import unreachable
 from facescan_queue.errors import DatabaseUnavailable
 
@@ -38,7 +40,7 @@ PORT = _closed_port()
 
 
 class _SecretHolding:
-    """The cluster API as `_queue` uses it: one Secret key, holding ``dsn``."""
+    """The cluster API as `Shared.queue` uses it: one Secret key, holding ``dsn``."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -48,19 +50,24 @@ class _SecretHolding:
         return self.dsn
 
 
-@pytest.fixture(autouse=True)
-async def forget() -> AsyncIterator[None]:
-    yield
-    await handlers._forget(UID)
+@pytest.fixture
+async def operator(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Shared]:
+    """The operator's shared state, as its startup handler makes it (no metrics server)."""
+    monkeypatch.setenv("FACESCAN_METRICS_PORT", "0")
+    memo = kopf.Memo()
+    await handlers.configure(settings=kopf.OperatorSettings(), memo=memo)
+    made = shared(memo)
+    yield made
+    await made.forget(UID)
 
 
 async def _connect_through(
-    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    operator: Shared, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> Exception:
-    monkeypatch.setattr(handlers, "_kube", _SecretHolding(dsn))
+    operator.kube = _SecretHolding(dsn)  # type: ignore[assignment]
     caplog.set_level(logging.DEBUG)
     with pytest.raises((SecretError, DatabaseUnavailable)) as raised:
-        await handlers._queue(UID, "photos", SPEC)
+        await operator.queue(UID, "photos", SPEC)
     return raised.value
 
 
@@ -84,10 +91,10 @@ def _shown(exc: Exception) -> str:
     ],
 )
 async def test_a_malformed_url_in_the_secret_is_named_by_the_secret_not_quoted(
-    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    dsn: str, operator: Shared, caplog: pytest.LogCaptureFixture
 ) -> None:
     # the port is filled in here: a test's id must be the same in every xdist worker
-    exc = await _connect_through(dsn.replace(":PORT/", f":{PORT}/"), monkeypatch, caplog)
+    exc = await _connect_through(operator, dsn.replace(":PORT/", f":{PORT}/"), caplog)
     assert isinstance(exc, SecretError)
     assert str(exc).startswith("Secret photos/facescan-db key 'dsn': the database URL is malformed")
     assert exc.__cause__ is None  # no chained error, whose text would hold the URL
@@ -105,10 +112,10 @@ async def test_a_malformed_url_in_the_secret_is_named_by_the_secret_not_quoted(
     ],
 )
 async def test_a_database_out_of_reach_is_named_by_host_port_and_database(
-    dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    dsn: str, operator: Shared, caplog: pytest.LogCaptureFixture
 ) -> None:
     # the port is filled in here: a test's id must be the same in every xdist worker
-    exc = await _connect_through(dsn.replace(":PORT/", f":{PORT}/"), monkeypatch, caplog)
+    exc = await _connect_through(operator, dsn.replace(":PORT/", f":{PORT}/"), caplog)
     assert isinstance(exc, DatabaseUnavailable)
     assert f"127.0.0.1:{PORT}/photos" in str(exc)
     for secret in SECRETS:
