@@ -187,14 +187,25 @@ def _starts(
     return scheduled, started, trouble
 
 
+def pod_owner(pod: Mapping[str, Any]) -> str | None:
+    """The name of the Job a pod belongs to (its Job controller's label)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    owner = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+    return str(owner) if owner else None
+
+
+def pod_owners(pods: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The Jobs that still have a pod (running, or terminating after a delete)."""
+    return {owner for pod in pods if (owner := pod_owner(pod)) is not None}
+
+
 def view_jobs(
     jobs: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
 ) -> list[JobView]:
     """One JobView per Job, its outcome from its pod (or its own conditions)."""
     pods_by_job: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        owner = labels.get("job-name") or labels.get("batch.kubernetes.io/job-name")
+        owner = pod_owner(pod)
         if owner:
             pods_by_job.setdefault(owner, []).append(pod)
     views = []

@@ -266,17 +266,19 @@ async def test_a_job_deleted_mid_scan_loses_nothing(
     scan = facescan("photos", parallelism=2, batchSize=3, retryPolicy={"backoffBaseSeconds": 1})
     await apply(cluster, scan)
 
-    async def working() -> str | None:
-        """A running Job with an image in progress (an open attempt)."""
+    async def working() -> tuple[str, set[str]] | None:
+        """A running Job with an image in progress (an open attempt), and the images it
+        holds, read in one query (it may finish its batch any moment)."""
         running = {j["metadata"]["name"] for j in jobs(cluster, "photos") if not finished(j)}
-        rows = await fetch(dsn, "SELECT worker FROM facescan.attempts WHERE finished_at IS NULL")
-        return next((r["worker"] for r in rows if r["worker"] in running), None)
+        rows = await fetch(
+            dsn,
+            "SELECT a.worker, array_agg(i.path) AS paths FROM facescan.attempts a "
+            "JOIN facescan.images i ON i.lease_owner = a.worker "
+            "WHERE a.finished_at IS NULL GROUP BY a.worker",
+        )
+        return next(((r["worker"], set(r["paths"])) for r in rows if r["worker"] in running), None)
 
-    victim = await poll(working, 90, "an image in progress")
-    held = {
-        r["path"]
-        for r in await fetch(dsn, "SELECT path FROM facescan.images WHERE lease_owner = $1", victim)
-    }
+    victim, held = await poll(working, 90, "an image in progress")
     await cluster.akubectl("delete", "job", victim, "--wait=false")
 
     await scanned(cluster)

@@ -63,6 +63,14 @@ def test_a_lease_whose_job_vanished_is_released_after_a_grace_period() -> None:
     assert [(r.owner, r.charge) for r in result.releases] == [("gone", ErrorType.CRASH)]
 
 
+def test_a_deleted_job_whose_pod_still_hands_its_image_back_is_not_vanished() -> None:
+    """`kubectl delete job` removes the Job at once; its pod gets SIGTERM and hands its
+    image back uncharged. Until that pod is gone its lease is not charged as a crash."""
+    leases = [lease("deleted"), lease("gone")]
+    result = settle([], leases, NOW, TTL, pods_of={"deleted"})
+    assert [(r.owner, r.charge) for r in result.releases] == [("gone", ErrorType.CRASH)]
+
+
 def pod(job_name: str, **status: Any) -> dict[str, Any]:
     return {"metadata": {"labels": {"job-name": job_name}}, "status": status}
 
