@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
@@ -465,21 +465,34 @@ def rescan(
     )
 
 
-@db_app.command("migrate", cls=UsageCommand)
-def db_migrate(dsn: DsnOption = None, data_dir: DataDirOption = None) -> None:
-    """Create or upgrade the facescan schema (idempotent)."""
-    url, embedded = _database(dsn, data_dir, create=True)
+def _admin(
+    dsn: str | None,
+    data_dir: Path | None,
+    call: Callable[[DatabaseSettings], Coroutine[Any, Any, T]],
+    *,
+    create: bool,
+    usage: type[QueueError],
+) -> T:
+    """Runs an admin call on the database (no queue pool): ``usage`` errors exit 2, other
+    queue errors 3; an embedded database started for it is stopped after."""
+    url, embedded = _database(dsn, data_dir, create=create)
     try:
-        report = asyncio.run(migrate(DatabaseSettings(dsn=SecretStr(url))))
-    except DsnError as exc:
+        return asyncio.run(call(DatabaseSettings(dsn=SecretStr(url))))
+    except usage as exc:
         print(f"facescan: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
     except QueueError as exc:
         print(f"facescan: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_DATABASE) from None
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+@db_app.command("migrate", cls=UsageCommand)
+def db_migrate(dsn: DsnOption = None, data_dir: DataDirOption = None) -> None:
+    """Create or upgrade the facescan schema (idempotent)."""
+    report = _admin(dsn, data_dir, migrate, create=True, usage=DsnError)
     applied = ", ".join(report.applied) or "nothing to apply"
     print(f"schema version {report.from_version} -> {report.to_version} ({applied})")
     for note in report.notes:
@@ -510,20 +523,13 @@ def db_grant(
     Run as the owner of the facescan schema. ROLE gets USAGE on the schema, SELECT on
     facescan.schema_version and the library: no table privilege, no other library, no
     change to the schema. Grants add up (run once per library)."""
-    url, embedded = _database(dsn, data_dir, create=False)
-    try:
-        asyncio.run(
-            grant_library(DatabaseSettings(dsn=SecretStr(url)), role, library, operator=operator)
-        )
-    except InvalidArgument as exc:  # no such role
-        print(f"facescan: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    except QueueError as exc:
-        print(f"facescan: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_DATABASE) from None
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    _admin(
+        dsn,
+        data_dir,
+        lambda settings: grant_library(settings, role, library, operator=operator),
+        create=False,
+        usage=InvalidArgument,  # no such role
+    )
     calls = "the operator's and a detector's calls" if operator else "a detector's calls"
     print(f"role {role} may use library {library} for {calls}")
 

@@ -21,6 +21,7 @@ from facescan_operator.sizing import MIB
 
 DETECTOR_UID = 10001
 LABEL_SCAN = f"{GROUP}/scan"
+LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_STEP = f"{GROUP}/step"
 LABEL_SIZE_CLASS = f"{GROUP}/size-class"
 LABEL_POOL = f"{GROUP}/pool"
@@ -59,10 +60,22 @@ def scan_labels(scan: ScanRef) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "facescan-detector",
         "app.kubernetes.io/instance": scan.name,
-        "app.kubernetes.io/component": "detector",
+        LABEL_COMPONENT: "detector",
         "app.kubernetes.io/part-of": "facescan",
         "app.kubernetes.io/managed-by": "facescan-operator",
         LABEL_SCAN: scan.name,
+    }
+
+
+def owner_reference(scan: ScanRef) -> dict[str, Any]:
+    """The FaceScan as the controller of an object it created (deleted with it)."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": scan.name,
+        "uid": scan.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
 
 
@@ -247,16 +260,7 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
                 f"{GROUP}/scale": f"{batch.scale:g}",
                 ANNOTATION_IMAGES: str(batch.images),
             },
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": KIND,
-                    "name": scan.name,
-                    "uid": scan.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(scan)],
         },
         "spec": job_spec,
     }

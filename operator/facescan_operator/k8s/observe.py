@@ -97,7 +97,34 @@ def parse_quantity(text: str) -> int:
     return int(float(text))
 
 
-def _time(value: Any) -> datetime | None:
+def stamp(when: datetime) -> str:
+    """A time as the API server writes it (RFC 3339, seconds, UTC)."""
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a Job ended, from its own Complete or Failed condition."""
+
+    succeeded: bool
+    at: datetime | None
+    reason: str
+
+
+def job_end(job: Mapping[str, Any]) -> JobEnd | None:
+    """The Job's end as its controller recorded it; None while it has not ended."""
+    status = job.get("status") or {}
+    for condition in status.get("conditions") or ():
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            at = parse_time(status.get("completionTime")) or parse_time(
+                condition.get("lastTransitionTime")
+            )
+            kind = condition["type"]
+            return JobEnd(kind == "Complete", at, condition.get("reason") or kind)
+    return None
+
+
+def parse_time(value: Any) -> datetime | None:
     if not value:
         return None
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -114,7 +141,7 @@ def _pod_outcome(pod: Mapping[str, Any]) -> tuple[JobOutcome, str, datetime | No
         if not terminated:
             continue
         code, reason = terminated.get("exitCode"), terminated.get("reason") or ""
-        when = _time(terminated.get("finishedAt"))
+        when = parse_time(terminated.get("finishedAt"))
         if reason == "OOMKilled":
             return JobOutcome.OOM_KILLED, f"OOMKilled (exit {code})", when
         if code == 0:
@@ -143,7 +170,7 @@ def _pod_start(pod: Mapping[str, Any]) -> tuple[bool, datetime | None, PodTroubl
         state = container.get("state") or {}
         ran = state.get("running") or state.get("terminated")
         if ran:
-            started = _time(ran.get("startedAt")) or started
+            started = parse_time(ran.get("startedAt")) or started
         waiting = state.get("waiting") or {}
         if trouble is None and waiting.get("reason") in WAITING_TROUBLE:
             trouble = PodTrouble(waiting["reason"], waiting.get("message") or "")
@@ -221,23 +248,12 @@ def view_jobs(
             if seen is not None:
                 outcome, detail, finished = seen
                 break
-        status = job.get("status") or {}
-        for condition in status.get("conditions") or ():
-            if condition.get("status") != "True":
-                continue
-            if condition.get("type") in ("Complete", "Failed"):
-                finished = (
-                    finished
-                    or _time(status.get("completionTime"))
-                    or _time(condition.get("lastTransitionTime"))
-                )
-                if outcome is JobOutcome.RUNNING:
-                    outcome = (
-                        JobOutcome.SUCCEEDED
-                        if condition["type"] == "Complete"
-                        else JobOutcome.FAILED
-                    )
-                    detail = condition.get("reason") or condition["type"]
+        end = job_end(job)
+        if end is not None:
+            finished = finished or end.at
+            if outcome is JobOutcome.RUNNING:
+                outcome = JobOutcome.SUCCEEDED if end.succeeded else JobOutcome.FAILED
+                detail = end.reason
         container = job["spec"]["template"]["spec"]["containers"][0]
         memory = ((container.get("resources") or {}).get("limits") or {}).get("memory", "0")
         views.append(
@@ -250,7 +266,7 @@ def view_jobs(
                 outcome=outcome,
                 detail=detail,
                 finished_at=finished,
-                created_at=_time(meta.get("creationTimestamp")),
+                created_at=parse_time(meta.get("creationTimestamp")),
                 suspended=bool(job["spec"].get("suspend")),
                 deleting=bool(meta.get("deletionTimestamp")),
                 pods=len(own_pods),

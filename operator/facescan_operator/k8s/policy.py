@@ -16,12 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from facescan_operator.k8s.spec import FaceScanSpec, NodePool
+from facescan_operator.k8s.spec import CPU_POOL, FaceScanSpec, NodePool
 
 VolumeType = Literal["persistentVolumeClaim", "nfs", "csi", "hostPath"]
 """The volume sources the CRD's schema knows for a library or model volume."""
 
-DEFAULT_POOL = "cpu"
+DEFAULT_POOL = CPU_POOL.name
 """The pool every model runs on when a FaceScan names none."""
 
 
@@ -141,7 +141,7 @@ def enforce(policy: AdminPolicy, spec: FaceScanSpec, namespace: str) -> FaceScan
                 f"(allowed: {', '.join(policy.volume_types)})"
             )
     placed: list[NodePool] = []
-    asked = spec.node_pools or (NodePool(name=DEFAULT_POOL, models=("hog", "cnn", "insightface")),)
+    asked = spec.node_pools or (CPU_POOL,)
     for wanted in asked:
         pool = policy.pool(wanted.name)
         if pool is None:

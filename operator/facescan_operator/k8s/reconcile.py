@@ -75,7 +75,7 @@ async def reconcile(
     attempt_clock: AttemptClock | None = None,
 ) -> Outcome:
     """One level-based pass over a FaceScan; ``attempt_clock`` is the previous tick's."""
-    from facescan_operator.k8s.jobs import scan_labels
+    from facescan_operator.k8s.jobs import LABEL_COMPONENT, LABEL_SCAN, scan_labels
     from facescan_operator.k8s.observe import pod_owners, view_jobs
 
     now = now or datetime.now(UTC)
@@ -86,7 +86,13 @@ async def reconcile(
     # (1) settle what ended
     labels = scan_labels(scan)
     pods = await kube.list_pods(scan.namespace, labels)
-    jobs = view_jobs(await kube.list_jobs(scan.namespace, labels), pods)
+    # one list for the detector and the register Jobs, told apart by their component
+    every = await kube.list_jobs(scan.namespace, {LABEL_SCAN: scan.name})
+    by_component: dict[str, list[dict[str, Any]]] = {}
+    for job in every:
+        component = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT)
+        by_component.setdefault(str(component), []).append(job)
+    jobs = view_jobs(by_component.get(labels[LABEL_COMPONENT], []), pods)
     refusals = await stuck.refusals(kube, scan.namespace, jobs)
     # this FaceScan's own leases only: another FaceScan (of this namespace) may scan the
     # same library, and its Jobs are not in this FaceScan's list
@@ -194,7 +200,7 @@ async def reconcile(
     # every spec.library.rescanIntervalSeconds
     registering = register.decide(
         spec,
-        register.view(await kube.list_jobs(scan.namespace, register.register_labels(scan))),
+        register.view(by_component.get(register.COMPONENT, [])),
         register.Registration.of(previous_status),
         now,
     )

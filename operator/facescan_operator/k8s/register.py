@@ -17,13 +17,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from facescan_operator.k8s.jobs import (
+    LABEL_COMPONENT,
     ScanRef,
     detector_security,
     job_name,
+    owner_reference,
     placement,
     scan_labels,
 )
-from facescan_operator.k8s.spec import GROUP, KIND, VERSION, FaceScanSpec, NodePool
+from facescan_operator.k8s.observe import job_end, parse_time, stamp
+from facescan_operator.k8s.spec import FaceScanSpec, NodePool
 
 COMPONENT = "register"
 RETRY_AFTER = timedelta(minutes=5)
@@ -33,8 +36,8 @@ DEADLINE_S = 6 * 3600
 
 
 def register_labels(scan: ScanRef) -> dict[str, str]:
-    """The labels of the FaceScan's register Jobs (and their selector)."""
-    return {**scan_labels(scan), "app.kubernetes.io/component": COMPONENT}
+    """The labels of the FaceScan's register Jobs (reconcile tells them apart by component)."""
+    return {**scan_labels(scan), LABEL_COMPONENT: COMPONENT}
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class Registration:
     def of(cls, status: Mapping[str, Any]) -> Registration:
         kept = status.get("registration") or {}
         return cls(
-            _time(kept.get("registeredAt")), kept.get("lastJob"), _time(kept.get("failedAt"))
+            parse_time(kept.get("registeredAt")),
+            kept.get("lastJob"),
+            parse_time(kept.get("failedAt")),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -83,20 +88,14 @@ def view(jobs: Sequence[Mapping[str, Any]]) -> list[RegisterJob]:
     """The register Jobs, oldest first."""
     views = []
     for job in jobs:
-        meta, status = job.get("metadata") or {}, job.get("status") or {}
-        succeeded: bool | None = None
-        finished = None
-        for condition in status.get("conditions") or ():
-            if condition.get("status") == "True" and condition.get("type") in (
-                "Complete",
-                "Failed",
-            ):
-                succeeded = condition["type"] == "Complete"
-                finished = _time(status.get("completionTime")) or _time(
-                    condition.get("lastTransitionTime")
-                )
+        meta, end = job.get("metadata") or {}, job_end(job)
         views.append(
-            RegisterJob(meta["name"], _time(meta.get("creationTimestamp")), finished, succeeded)
+            RegisterJob(
+                meta["name"],
+                parse_time(meta.get("creationTimestamp")),
+                end.at if end else None,
+                end.succeeded if end else None,
+            )
         )
     return sorted(views, key=lambda j: (j.created_at is None, j.created_at or datetime.min))
 
@@ -182,16 +181,7 @@ def build_register_job(scan: ScanRef, spec: FaceScanSpec, name: str) -> dict[str
             "name": name,
             "namespace": scan.namespace,
             "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": KIND,
-                    "name": scan.name,
-                    "uid": scan.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(scan)],
         },
         "spec": {
             "backoffLimit": 1,
@@ -227,11 +217,5 @@ def register_job_name(scan_name: str) -> str:
     return job_name(scan_name, f"register-{secrets.token_hex(3)}")
 
 
-def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
 def _stamp(when: datetime | None) -> str | None:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else None
+    return stamp(when) if when is not None else None

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from facescan_operator.breaker import BreakerState, CircuitBreaker
-from facescan_operator.k8s import stuck
+from facescan_operator.k8s import observe, stuck
 from facescan_operator.k8s.stuck import Hold
 from facescan_queue.models import QueueStatus
 
@@ -52,7 +52,7 @@ def status_of(
     ``holds``: where stuck Jobs hold back launching (stuck.py); ``registered``: false
     until the operator's first registration of the library's files ended (register.py),
     before which nothing is Completed."""
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = observe.stamp(now)
     open_breaker = breaker.state is not BreakerState.CLOSED
     cause = stuck.degraded((breaker.reason or "breaker open") if open_breaker else None, holds)
     finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0 and registered
@@ -135,7 +135,7 @@ def unreachable(
     """Pure: the status of a FaceScan whose database cannot be reached (or whose Secret
     cannot be read): phase Degraded, the Degraded condition with the reason, the other
     conditions and the counts as they were."""
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = observe.stamp(now)
     old = {c["type"]: c for c in previous.get("conditions") or ()}
     degraded = _condition(old, "Degraded", True, reason, message, stamp)
     kept = [c for c in previous.get("conditions") or () if c.get("type") != "Degraded"]

@@ -58,6 +58,7 @@ from facescan_operator.k8s.observe import (
     JobView,
     PodTrouble,
     creation_refusal,
+    stamp,
 )
 from facescan_operator.planner import BatchPlan
 from facescan_queue.repository import Queue
@@ -115,8 +116,8 @@ class Hold:
             "reason": self.reason,
             "message": self.message,
             "job": self.job,
-            "at": _stamp(self.at),
-            "retryAt": _stamp(self.retry_at),
+            "at": stamp(self.at),
+            "retryAt": stamp(self.retry_at),
             "retries": self.retries,
             "blocking": self.blocking,
         }
@@ -125,11 +126,7 @@ class Hold:
         where = "" if self.pool == ALL_POOLS else f", pool {self.pool}"
         if not self.blocking:
             return f"{self.message} (Job {self.job}{where}: its images moved down the cascade)"
-        return f"{self.message} (Job {self.job}{where}; next try from {_stamp(self.retry_at)})"
-
-
-def _stamp(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{self.message} (Job {self.job}{where}; next try from {stamp(self.retry_at)})"
 
 
 def holds_of(status: Mapping[str, Any]) -> list[Hold]:
@@ -301,7 +298,7 @@ def update_holds(
                 "Warning",
                 EVENT_STUCK,
                 f"Job {s.job}: {s.reason}: {s.message}; deleted, {images}; no new Jobs "
-                f"{where} until {_stamp(hold.retry_at)}",
+                f"{where} until {stamp(hold.retry_at)}",
             )
         )
     return list(kept.values()), events

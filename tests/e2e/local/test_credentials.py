@@ -10,7 +10,6 @@ URL; a well-formed one that cannot be reached is a database error (exit 3; the d
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 import typer.main
 
+from facescan_devcluster.controlplane import free_port
 from facescan_operator.cli import app
 from tests.e2e.local.support import FACESCAN, copy_samples
 
@@ -30,14 +30,7 @@ SECRETS = ("hunter2Q", "zebra9K")
 """The two halves of every password below: neither may appear in any output."""
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-PORT = _closed_port()
+PORT = free_port()  # nothing listens there
 MALFORMED = {
     "slash in password": f"postgresql://alice:hunter2Q/zebra9K@127.0.0.1:{PORT}/photos",
     "question mark in password": f"postgresql://alice:hunter2Q?zebra9K@127.0.0.1:{PORT}/photos",

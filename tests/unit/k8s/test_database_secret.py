@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ import kopf
 import pytest
 import yaml
 
+from facescan_devcluster.controlplane import free_port
 from facescan_operator.k8s import handlers
 from facescan_operator.k8s.kube import SecretError
 from facescan_operator.k8s.spec import FaceScanSpec
@@ -29,14 +29,7 @@ EXAMPLE = yaml.safe_load((Path(__file__).parents[3] / "examples" / "facescan.yam
 SPEC = FaceScanSpec.model_validate(EXAMPLE["spec"])  # Secret facescan-db, key dsn
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-PORT = _closed_port()
+PORT = free_port()  # nothing listens there
 
 
 class _SecretHolding:
