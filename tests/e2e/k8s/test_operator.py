@@ -368,7 +368,7 @@ async def test_an_operator_restart_mid_scan_loses_nothing(
     await operator.stop()
     before = {j["metadata"]["name"] for j in created_jobs(cluster)}
     ticks = len(operator.ticks)
-    left = (await queue.status(library)).pending  # images no Job of the old operator holds
+    left = await unheld(dsn, library, created_jobs(cluster))
 
     await operator.start()  # a new process: fresh clients, breakers, pools
     got = await scanned(cluster)
@@ -385,6 +385,29 @@ async def test_an_operator_restart_mid_scan_loses_nothing(
     else:  # the old one had claimed every image before it stopped: its Jobs finished them
         assert before == after
     assert {r["worker"] for r in rows} <= after
+
+
+async def unheld(dsn: str, library: str, jobs: list[Obj]) -> int:
+    """Pending images that none of ``jobs`` holds or will hold, read in one snapshot: a
+    Job claims its batch as its pod starts, so one that has not claimed yet (no lease,
+    no attempt) will take its batch of what is pending now."""
+    (row,) = await fetch(
+        dsn,
+        "SELECT (SELECT count(*) FROM facescan.images"
+        "        WHERE library = $1 AND state = 'pending') AS pending,"
+        "  ARRAY(SELECT owner FROM facescan.leases) AS leased,"
+        "  ARRAY(SELECT DISTINCT worker FROM facescan.attempts) AS worked",
+        library,
+    )
+    started = {*row["leased"], *row["worked"]}
+    waiting = sum(batch_size(j) for j in jobs if j["metadata"]["name"] not in started)
+    return max(0, int(row["pending"]) - waiting)
+
+
+def batch_size(job: Obj) -> int:
+    """How many images a Job was sent to claim (its FACESCAN_BATCH_SIZE; 0 for others)."""
+    env = job["spec"]["template"]["spec"]["containers"][0].get("env") or ()
+    return sum(int(e["value"]) for e in env if e["name"] == "FACESCAN_BATCH_SIZE")
 
 
 # --- e) deleting the FaceScan ---
