@@ -25,6 +25,7 @@ from facescan_detector.backends import MODELS
 from facescan_detector.memory import tune_malloc
 from facescan_detector.run import EXIT_STARTUP, EXIT_UNAVAILABLE
 from facescan_detector.settings import DetectorSettings
+from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
 from facescan_queue.errors import DatabaseUnavailable, QueueError
 from facescan_queue.settings import DatabaseSettings, DsnError
 
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-dimension",
         type=int,
-        help="cap on the long side (default 1280; FACESCAN_MAX_DIMENSION)",
+        help=f"cap on the long side (default {DEFAULT_MAX_DIMENSION}; FACESCAN_MAX_DIMENSION)",
     )
     run.add_argument(
         "--timeout",

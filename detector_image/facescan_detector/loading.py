@@ -46,6 +46,7 @@ from facescan_detector.errors import (
     ImageMissing,
     ImagePermissionError,
 )
+from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
 
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -166,7 +167,7 @@ def load_image(
     root: Path,
     relative_path: str,
     *,
-    max_dimension: int = 1280,
+    max_dimension: int = DEFAULT_MAX_DIMENSION,
     scale: float = 1.0,
     max_pixels: int = 178_956_970,
 ) -> LoadedImage:

@@ -41,6 +41,7 @@ from facescan_detector.loading import LoadedImage, load_image
 from facescan_detector.settings import DetectorSettings
 from facescan_queue.errors import DatabaseUnavailable, IllegalTransition, LeaseLost
 from facescan_queue.models import DetectionResult, FaceResult, StartedImage
+from facescan_queue.outage import wait_out
 from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings
 from facescan_queue.types import ErrorType
@@ -110,19 +111,13 @@ async def run(settings: DetectorSettings, database: DatabaseSettings) -> RunSumm
 
 
 async def _connect(database: DatabaseSettings, patience_s: float) -> Queue:
-    deadline = time.monotonic() + patience_s
-    delay = 1.0
-    while True:
-        try:
-            return await Queue.connect(
-                database, min_size=1, max_size=3, pin=True, async_commit=True
-            )
-        except DatabaseUnavailable as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("database unavailable, retrying in %.0f s: %s", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    return await wait_out(
+        lambda: Queue.connect(database, min_size=1, max_size=3, pin=True, async_commit=True),
+        patience_s=patience_s,
+        on_wait=lambda delay, exc: log.warning(
+            "database unavailable, retrying in %.0f s: %s", delay, exc
+        ),
+    )
 
 
 class _Worker:
@@ -450,17 +445,17 @@ class _Worker:
 
     async def _db(self, call: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
         """A queue call, retried with backoff through a database outage."""
-        deadline = time.monotonic() + self.settings.database_retry_s
-        delay = 0.5
-        while True:
-            try:
-                return await call(*args, **kwargs)
-            except DatabaseUnavailable as exc:
-                if time.monotonic() + delay > deadline:
-                    raise _Stop(EXIT_UNAVAILABLE, f"database unavailable: {exc}") from exc
-                log.warning("database unavailable, retrying in %.1f s: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        try:
+            return await wait_out(
+                lambda: call(*args, **kwargs),
+                patience_s=self.settings.database_retry_s,
+                first_s=0.5,
+                on_wait=lambda delay, exc: log.warning(
+                    "database unavailable, retrying in %.1f s: %s", delay, exc
+                ),
+            )
+        except DatabaseUnavailable as exc:
+            raise _Stop(EXIT_UNAVAILABLE, f"database unavailable: {exc}") from exc
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

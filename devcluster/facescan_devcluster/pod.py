@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubernetes.utils import quantity
+
 from facescan_devcluster.volumes import ConfigError, Resolver
 
 if TYPE_CHECKING:
@@ -43,21 +45,15 @@ IMAGE_PATHS = sorted(
 """What a container sees of the host however private its folders are: the project's
 Python environment and its sources (an editable install): its "image"."""
 BACKOFF_S, BACKOFF_CAP_S = 10.0, 300.0  # the kubelet's crash-loop back-off
-UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6}
-UNITS |= {"G": 10**9, "T": 10**12, "": 1}
 
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def memory_bytes(quantity: str | None) -> int | None:
-    if quantity is None:
-        return None
-    match = re.fullmatch(r"([0-9.]+(?:[eE][0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(quantity))
-    if match is None:
-        raise ValueError(f"not a memory quantity: {quantity!r}")
-    return int(float(match[1]) * UNITS[match[2] or ""])
+def memory_bytes(text: str | None) -> int | None:
+    """A memory limit in bytes as the kubelet reads it (the Kubernetes client's parser)."""
+    return None if text is None else int(quantity.parse_quantity(str(text)))
 
 
 def _condition(kind: str, status: bool) -> Obj:

@@ -34,6 +34,7 @@ from facescan_operator.embedded_db import (
     default_data_dir,
 )
 from facescan_operator.local import DetectorsCannotRun
+from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
 from facescan_queue.errors import InvalidArgument, QueueError, UnknownImage, UnknownLibrary
 from facescan_queue.migrate import grant_library, migrate, migrate_if_owner
 from facescan_queue.repository import Queue
@@ -262,7 +263,7 @@ def scan(
             help=f"Cap on the long side before detection: 0 (none) or at least "
             f"{commands.MIN_MAX_DIMENSION}.",
         ),
-    ] = 1280,
+    ] = DEFAULT_MAX_DIMENSION,
     batch_size: Annotated[
         int, typer.Option(min=1, max=10000, help="Images per detector process.")
     ] = 25,

@@ -18,6 +18,7 @@ from facescan_operator.memlimit import MemoryLimiter
 from facescan_operator.planner import PlanSettings
 from facescan_operator.registration import read_header, scan_directory
 from facescan_operator.sizing import MIB, CalibrationTable
+from facescan_queue import defaults
 from facescan_queue.errors import UnknownImage, UnknownLibrary
 from facescan_queue.models import LibraryPolicy, NewImage, QueueStatus
 from facescan_queue.repository import Queue
@@ -30,29 +31,25 @@ class Model(StrEnum):
     INSIGHTFACE = "insightface"
 
 
-CASCADES: dict[Model, tuple[tuple[str, float], ...]] = {
-    Model.HOG: (("hog", 1.0),),
-    Model.CNN: (
-        ("cnn", 1.0),
-        ("cnn", 0.75),
-        ("cnn", 0.5),
-        ("cnn", 0.33),
-        ("cnn", 0.25),
-        ("hog", 1.0),
-    ),
-    Model.INSIGHTFACE: (("insightface", 1.0), ("insightface", 0.5), ("hog", 1.0)),
+CASCADES: dict[Model, defaults.Cascade] = {
+    Model.HOG: defaults.HOG_CASCADE,
+    Model.CNN: defaults.CNN_CASCADE,
+    Model.INSIGHTFACE: defaults.INSIGHTFACE_CASCADE,
 }
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def parse_size(text: str) -> int:
-    """'2G', '512M', '1.5GiB', '1048576' -> bytes."""
+    """'2G', '512M', '1.5GiB', '1048576' -> bytes. Units are binary, as docker and free
+    read them: '2G' is the Kubernetes quantity '2Gi', which the Kubernetes client parses."""
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"not a memory size: {text!r} (try 2G or 512M)")
-    return int(float(match[1]) * _UNITS[(match[2] or "")[:1].upper()])
+    from kubernetes.utils import quantity  # the client takes 0.4 s to import: not at start
+
+    unit = (match[2] or "")[:1].upper()
+    return int(quantity.parse_quantity(match[1] + (f"{unit}i" if unit else "")))
 
 
 MIN_MAX_DIMENSION = 160

@@ -39,6 +39,7 @@ from facescan_operator.memlimit import MemoryLimiter, Slot
 from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
 from facescan_operator.sizing import MIB
 from facescan_queue.errors import DatabaseUnavailable
+from facescan_queue.outage import wait_out
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
 
@@ -134,21 +135,11 @@ class LocalRunner:
         """Reconciles until nothing is runnable now and no worker is left."""
         for name in libraries.roots:
             self.breakers[name] = CircuitBreaker()
-        delay = 1.0
         try:
             while True:
-                try:
-                    busy = await self._tick(libraries)
-                    for breaker in self.breakers.values():
-                        breaker.database_up()
-                    delay = 1.0
-                except DatabaseUnavailable as exc:
-                    for breaker in self.breakers.values():
-                        breaker.database_down(str(exc), time.monotonic())
-                    self._event(f"database unavailable, waiting {delay:.0f} s: {exc}")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-                    continue
+                busy = await wait_out(lambda: self._tick(libraries), on_wait=self._database_down)
+                for breaker in self.breakers.values():
+                    breaker.database_up()
                 if self.on_tick:
                     await self.on_tick()
                 if not busy:
@@ -157,6 +148,11 @@ class LocalRunner:
         finally:
             await self._stop_all()
             shutil.rmtree(self._logs, ignore_errors=True)
+
+    def _database_down(self, delay: float, exc: DatabaseUnavailable) -> None:
+        for breaker in self.breakers.values():
+            breaker.database_down(str(exc), time.monotonic())
+        self._event(f"database unavailable, waiting {delay:.0f} s: {exc}")
 
     async def _tick(self, libraries: Libraries) -> bool:
         await self._reap()

@@ -15,20 +15,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from kubernetes.utils import quantity
+
 from facescan_operator.k8s.jobs import ANNOTATION_IMAGES, LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
-from facescan_operator.sizing import MIB
-
-_UNITS = {
-    "Ki": 2**10,
-    "Mi": MIB,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-}
-
 
 WAITING_TROUBLE = frozenset(
     {
@@ -90,11 +79,9 @@ class JobView:
 
 
 def parse_quantity(text: str) -> int:
-    """A Kubernetes memory quantity in bytes ('512Mi', '2G', '1048576')."""
-    for unit, factor in _UNITS.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(float(text))
+    """A Kubernetes memory quantity in bytes ('512Mi', '2G', '1048576'), as the API
+    server reads it (the Kubernetes client's parser)."""
+    return int(quantity.parse_quantity(text))
 
 
 def stamp(when: datetime) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from facescan_queue import defaults
+
 ModelName = Literal["hog", "cnn", "insightface"]
 
 GROUP = "facescan.io"
@@ -97,13 +99,9 @@ class NodePool(_Spec):
         return bool(self.gpu_resource_name) and self.gpu_count > 0
 
 
-DEFAULT_CASCADE = (
-    Step(model="cnn", scale=1.0),
-    Step(model="cnn", scale=0.75),
-    Step(model="cnn", scale=0.5),
-    Step(model="cnn", scale=0.33),
-    Step(model="cnn", scale=0.25),
-    Step(model="hog", scale=1.0),
+DEFAULT_CASCADE = tuple(
+    Step.model_validate({"model": model, "scale": scale})
+    for model, scale in defaults.DEFAULT_CASCADE
 )
 CPU_POOL = NodePool(name="cpu", models=("hog", "cnn", "insightface"))
 
@@ -114,7 +112,7 @@ class FaceScanSpec(_Spec):
     library: Library
     detector: Detector
     cascade: tuple[Step, ...] = DEFAULT_CASCADE
-    max_dimension: int = Field(default=1280, alias="maxDimension", ge=0)
+    max_dimension: int = Field(default=defaults.DEFAULT_MAX_DIMENSION, alias="maxDimension", ge=0)
     image_timeout_seconds: int = Field(default=300, alias="imageTimeoutSeconds", ge=1)
     batch_size: int = Field(default=25, alias="batchSize", ge=1, le=10000)
     parallelism: int = Field(default=4, ge=1, le=1000)

@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from facescan_queue import errors
+from facescan_queue.defaults import DEFAULT_CASCADE
 from facescan_queue.models import FaceResult, LibraryPolicy
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
@@ -21,15 +22,6 @@ from .support import (
     register,
     result,
 )
-
-DEFAULT_CASCADE = [
-    ("cnn", 1.0),
-    ("cnn", 0.75),
-    ("cnn", 0.5),
-    ("cnn", 0.33),
-    ("cnn", 0.25),
-    ("hog", 1.0),
-]
 
 
 async def _vector_dims(db: asyncpg.Connection, image_id: int) -> list[tuple[int | None, ...]]:
@@ -50,7 +42,7 @@ async def test_start_next_gives_each_step_of_the_default_cascade(queue: Queue) -
         seen.append((started.model, round(started.scale, 2)))
         await queue.fail(started.image_id, f"w{step}", ErrorType.TIMEOUT, "too slow")
         await queue.release(f"w{step}")
-    assert seen == DEFAULT_CASCADE
+    assert tuple(seen) == DEFAULT_CASCADE  # the schema's default is the one in defaults.py
 
 
 async def test_a_library_policy_changes_the_cascade(queue: Queue) -> None:

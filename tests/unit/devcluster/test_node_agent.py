@@ -56,7 +56,7 @@ def test_quantities_and_references_as_a_kubelet_reads_them() -> None:
     assert memory_bytes("2G") == 2 * 10**9
     assert memory_bytes("1048576") == 2**20
     assert memory_bytes(None) is None
-    with pytest.raises(ValueError, match="not a memory quantity"):
+    with pytest.raises(ValueError, match="Invalid number format"):
         memory_bytes("lots")
     env = {"WHO": "me"}
     assert expand("p-$(WHO)", env) == "p-me"
