@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from kubernetes.utils import quantity
 
 from facescan_operator.k8s.jobs import ANNOTATION_IMAGES, LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
+from facescan_operator.loop import WorkerOutcome, WorkerView
 
 WAITING_TROUBLE = frozenset(
     {
@@ -33,14 +33,6 @@ FAILED_CREATE = "FailedCreate"
 UNSCHEDULABLE = "Unschedulable"
 
 
-class JobOutcome(StrEnum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    OOM_KILLED = "oom-killed"
-    DISRUPTED = "disrupted"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True)
 class PodTrouble:
     """Why a Job's pod cannot be created or cannot run, in the API's reason and message."""
@@ -50,15 +42,9 @@ class PodTrouble:
 
 
 @dataclass(frozen=True)
-class JobView:
-    name: str
-    step: int
-    size_class: int
-    pool: str
-    memory_bytes: int
-    outcome: JobOutcome
-    detail: str
-    finished_at: datetime | None
+class JobView(WorkerView):
+    """A detector Job as a worker, with what its pods tell of starting it."""
+
     created_at: datetime | None = None
     suspended: bool = False
     """spec.suspend (Kueue has not admitted it): no pod is expected."""
@@ -70,12 +56,6 @@ class JobView:
     """When its container started running, if it did."""
     trouble: PodTrouble | None = None
     """Why its pod cannot run (Unschedulable, ImagePullBackOff...), from the pod."""
-    images: int = 0
-    """The most images its detector claims when it starts (its batch)."""
-
-    @property
-    def finished(self) -> bool:
-        return self.outcome is not JobOutcome.RUNNING
 
 
 def parse_quantity(text: str) -> int:
@@ -117,12 +97,12 @@ def parse_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def _pod_outcome(pod: Mapping[str, Any]) -> tuple[JobOutcome, str, datetime | None] | None:
+def _pod_outcome(pod: Mapping[str, Any]) -> tuple[WorkerOutcome, str, datetime | None] | None:
     status = pod.get("status") or {}
     for condition in status.get("conditions") or ():
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
             reason = condition.get("reason") or "DisruptionTarget"
-            return JobOutcome.DISRUPTED, f"pod disrupted ({reason})", None
+            return WorkerOutcome.DISRUPTED, f"pod disrupted ({reason})", None
     for container in status.get("containerStatuses") or ():
         terminated = (container.get("state") or {}).get("terminated")
         if not terminated:
@@ -130,12 +110,12 @@ def _pod_outcome(pod: Mapping[str, Any]) -> tuple[JobOutcome, str, datetime | No
         code, reason = terminated.get("exitCode"), terminated.get("reason") or ""
         when = parse_time(terminated.get("finishedAt"))
         if reason == "OOMKilled":
-            return JobOutcome.OOM_KILLED, f"OOMKilled (exit {code})", when
+            return WorkerOutcome.OOM_KILLED, f"OOMKilled (exit {code})", when
         if code == 0:
-            return JobOutcome.SUCCEEDED, "exit 0", when
-        return JobOutcome.FAILED, f"{reason or 'Error'} (exit {code})", when
+            return WorkerOutcome.SUCCEEDED, "exit 0", when
+        return WorkerOutcome.FAILED, f"{reason or 'Error'} (exit {code})", when
     if status.get("phase") == "Failed":
-        return JobOutcome.FAILED, status.get("reason") or "pod failed", None
+        return WorkerOutcome.FAILED, status.get("reason") or "pod failed", None
     return None
 
 
@@ -227,7 +207,7 @@ def view_jobs(
         meta = job.get("metadata") or {}
         labels = meta.get("labels") or {}
         name = meta["name"]
-        outcome, detail, finished = JobOutcome.RUNNING, "", None
+        outcome, detail, finished = WorkerOutcome.RUNNING, "", None
         own_pods = pods_by_job.get(name, [])
         scheduled, started, trouble = _starts(own_pods)
         for pod in own_pods:
@@ -238,8 +218,8 @@ def view_jobs(
         end = job_end(job)
         if end is not None:
             finished = finished or end.at
-            if outcome is JobOutcome.RUNNING:
-                outcome = JobOutcome.SUCCEEDED if end.succeeded else JobOutcome.FAILED
+            if outcome is WorkerOutcome.RUNNING:
+                outcome = WorkerOutcome.SUCCEEDED if end.succeeded else WorkerOutcome.FAILED
                 detail = end.reason
         container = job["spec"]["template"]["spec"]["containers"][0]
         memory = ((container.get("resources") or {}).get("limits") or {}).get("memory", "0")

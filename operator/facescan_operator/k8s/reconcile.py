@@ -25,11 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facescan_operator.breaker import BreakerState, CircuitBreaker
+from facescan_operator.k8s import holds as holding
 from facescan_operator.k8s import register, stuck
 from facescan_operator.k8s.decide import plan_batches as plan_batches
 from facescan_operator.k8s.decide import policy_of as policy_of
-from facescan_operator.k8s.decide import settle as settle
-from facescan_operator.k8s.decide import unclaimed as unclaimed
 from facescan_operator.k8s.jobs import (
     JobBatch,
     ScanRef,
@@ -41,6 +40,7 @@ from facescan_operator.k8s.ports import KubeApi as KubeApi
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import changed as changed
 from facescan_operator.k8s.status import status_of as status_of
+from facescan_operator.loop import settle, unclaimed
 from facescan_operator.sizing import MIB, CalibrationTable
 from facescan_queue.models import (
     AttemptClock,
@@ -114,8 +114,8 @@ async def reconcile(
         )
         for s in found
     }
-    holds, held_events = stuck.update_holds(
-        stuck.holds_of(previous_status), jobs, found, returned, [p.name for p in spec.pools], now
+    holds, held_events = holding.update_holds(
+        holding.holds_of(previous_status), jobs, found, returned, [p.name for p in spec.pools], now
     )
     events += held_events
     oom_killed = 0
@@ -140,7 +140,7 @@ async def reconcile(
             )
         )
     # the API calls of a tick go out together: each is a round trip to the API server
-    gone = settlement.delete_jobs + [s.job for s in found]
+    gone = settlement.forget + [s.job for s in found]
     await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in gone))
     active = [j for j in jobs if not j.finished and j.name not in gone]
 
@@ -161,7 +161,7 @@ async def reconcile(
     allowed = breaker.allowed(now.timestamp())
     launches = [
         (batch_job_name(scan.name, batch.step, batch.size_class), batch, pool)
-        for batch, pool in stuck.gate(
+        for batch, pool in holding.gate(
             plan_batches(spec, groups, active, calibration, allowed), holds, active, now
         )
     ]

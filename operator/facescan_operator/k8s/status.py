@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from facescan_operator.breaker import BreakerState, CircuitBreaker
-from facescan_operator.k8s import observe, stuck
-from facescan_operator.k8s.stuck import Hold
+from facescan_operator.k8s import holds as holding
+from facescan_operator.k8s import observe
+from facescan_operator.k8s.holds import Hold
 from facescan_queue.models import QueueStatus
 
 
@@ -54,7 +55,7 @@ def status_of(
     before which nothing is Completed."""
     stamp = observe.stamp(now)
     open_breaker = breaker.state is not BreakerState.CLOSED
-    cause = stuck.degraded((breaker.reason or "breaker open") if open_breaker else None, holds)
+    cause = holding.degraded((breaker.reason or "breaker open") if open_breaker else None, holds)
     finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0 and registered
     if suspended:
         phase = "Suspended"

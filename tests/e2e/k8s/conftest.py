@@ -14,7 +14,7 @@ import pytest
 
 from facescan_devcluster import controlplane
 from facescan_devcluster.controlplane import Cluster
-from facescan_operator.k8s import decide as decide_module
+from facescan_operator import loop
 from tests.e2e.local.support import copy_samples
 
 from .cluster import CRD_FILE, ApiError, Kube, rest_path
@@ -153,5 +153,5 @@ def photos(cluster: Kube, tmp_path: Path) -> Path:
 def quick_vanish(monkeypatch: pytest.MonkeyPatch) -> timedelta:
     """Leases of vanished Jobs are released after 3 s rather than 60 s."""
     grace = timedelta(seconds=3)
-    monkeypatch.setattr(decide_module, "VANISHED_GRACE", grace)
+    monkeypatch.setattr(loop, "VANISHED_GRACE", grace)
     return grace

@@ -148,4 +148,4 @@ def test_a_worker_that_dies_during_the_outage_is_released_when_it_ends(
     assert [tuple(r) for r in charged] == [(owner, "crash")]
     assert fetch(dsn, "SELECT count(*) FROM facescan.leases")[0][0] == 0
     assert duplicated_faces(dsn) == []
-    assert f"{owner}: worker exited with -9" in stderr
+    assert f"{owner}: detector ended (killed by signal 9" in stderr

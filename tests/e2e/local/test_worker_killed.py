@@ -88,7 +88,7 @@ def test_killed_worker_charges_only_its_image_and_loses_no_face(dsn: str, tmp_pa
     summary = last_json(stdout)
     assert (summary["done"], summary["retrying"], summary["dead"]) == (11, 1, 0)
     assert summary["by_error_type"] == {"crash": 1}
-    assert f"{owner}: worker exited with -9" in stderr
+    assert f"{owner}: detector ended (killed by signal 9" in stderr
     assert "charged crash" in stderr
     charged = fetch(
         dsn,

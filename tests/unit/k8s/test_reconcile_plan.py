@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facescan_operator.breaker import CircuitBreaker
-from facescan_operator.k8s.observe import JobOutcome, JobView, parse_quantity, view_jobs
-from facescan_operator.k8s.reconcile import changed, plan_batches, settle, status_of, unclaimed
+from facescan_operator.k8s.observe import JobView, parse_quantity, view_jobs
+from facescan_operator.k8s.reconcile import changed, plan_batches, status_of
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import unreachable, with_generation
+from facescan_operator.loop import WorkerOutcome, settle, unclaimed
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.models import GroupCount, LeaseInfo, QueueStatus, RecentOutcomes
 from facescan_queue.types import ErrorType
@@ -22,7 +23,7 @@ TTL = timedelta(minutes=10)
 
 def job(
     name: str,
-    outcome: JobOutcome,
+    outcome: WorkerOutcome,
     *,
     finished: datetime | None = None,
     pool: str = "cpu",
@@ -37,25 +38,25 @@ def lease(owner: str, age: timedelta = timedelta(minutes=5)) -> LeaseInfo:
 
 def test_oom_killed_job_charges_oom_disrupted_charges_nobody_others_crash() -> None:
     jobs = [
-        job("a", JobOutcome.OOM_KILLED, finished=NOW),
-        job("b", JobOutcome.DISRUPTED),
-        job("c", JobOutcome.FAILED, finished=NOW),
-        job("d", JobOutcome.SUCCEEDED, finished=NOW),
-        job("e", JobOutcome.RUNNING),
+        job("a", WorkerOutcome.OOM_KILLED, finished=NOW),
+        job("b", WorkerOutcome.DISRUPTED),
+        job("c", WorkerOutcome.FAILED, finished=NOW),
+        job("d", WorkerOutcome.SUCCEEDED, finished=NOW),
+        job("e", WorkerOutcome.RUNNING),
     ]
     result = settle(jobs, [lease(n) for n in "abcde"], NOW, TTL)
     charges = {r.owner: r.charge for r in result.releases}
     assert charges == {"a": ErrorType.OOM, "b": None, "c": ErrorType.CRASH, "d": ErrorType.CRASH}
-    assert result.delete_jobs == []  # settled first, deleted once past the TTL
+    assert result.forget == []  # settled first, deleted once past the TTL
 
 
 def test_finished_jobs_are_deleted_after_their_ttl_once_settled() -> None:
     jobs = [
-        job("old", JobOutcome.SUCCEEDED, finished=NOW - TTL - timedelta(seconds=1)),
-        job("recent", JobOutcome.SUCCEEDED, finished=NOW - timedelta(seconds=5)),
-        job("running", JobOutcome.RUNNING),
+        job("old", WorkerOutcome.SUCCEEDED, finished=NOW - TTL - timedelta(seconds=1)),
+        job("recent", WorkerOutcome.SUCCEEDED, finished=NOW - timedelta(seconds=5)),
+        job("running", WorkerOutcome.RUNNING),
     ]
-    assert settle(jobs, [], NOW, TTL).delete_jobs == ["old"]
+    assert settle(jobs, [], NOW, TTL).forget == ["old"]
 
 
 def test_a_lease_whose_job_vanished_is_released_after_a_grace_period() -> None:
@@ -67,7 +68,7 @@ def test_a_deleted_job_whose_pod_still_hands_its_image_back_is_not_vanished() ->
     """`kubectl delete job` removes the Job at once; its pod gets SIGTERM and hands its
     image back uncharged. Until that pod is gone its lease is not charged as a crash."""
     leases = [lease("deleted"), lease("gone")]
-    result = settle([], leases, NOW, TTL, pods_of={"deleted"})
+    result = settle([], leases, NOW, TTL, present={"deleted"})
     assert [(r.owner, r.charge) for r in result.releases] == [("gone", ErrorType.CRASH)]
 
 
@@ -132,11 +133,11 @@ def test_pod_terminations_are_read_into_job_outcomes() -> None:
             ],
         )
     }
-    assert views["oom"].outcome is JobOutcome.OOM_KILLED
-    assert views["ok"].outcome is JobOutcome.SUCCEEDED
-    assert views["err"].outcome is JobOutcome.FAILED
-    assert views["pre"].outcome is JobOutcome.DISRUPTED
-    assert views["run"].outcome is JobOutcome.RUNNING
+    assert views["oom"].outcome is WorkerOutcome.OOM_KILLED
+    assert views["ok"].outcome is WorkerOutcome.SUCCEEDED
+    assert views["err"].outcome is WorkerOutcome.FAILED
+    assert views["pre"].outcome is WorkerOutcome.DISRUPTED
+    assert views["run"].outcome is WorkerOutcome.RUNNING
     assert views["oom"].memory_bytes == 1536 * 2**20
     assert (views["oom"].step, views["oom"].size_class, views["oom"].pool) == (2, 1, "gpu")
     assert views["ok"].finished_at == datetime(2026, 11, 22, 11, 59, tzinfo=UTC)
@@ -159,7 +160,7 @@ def test_a_job_without_pods_is_judged_by_its_conditions() -> None:
         ],
         [],
     )
-    assert view.outcome is JobOutcome.FAILED
+    assert view.outcome is WorkerOutcome.FAILED
     assert view.detail == "DeadlineExceeded"
 
 
@@ -217,7 +218,7 @@ def test_a_suspended_scan_starts_nothing_and_the_breaker_can_hold_it() -> None:
 
 
 def test_running_jobs_count_against_parallelism() -> None:
-    active = [job(f"j{i}", JobOutcome.RUNNING) for i in range(4)]
+    active = [job(f"j{i}", WorkerOutcome.RUNNING) for i in range(4)]
     assert (
         plan_batches(
             spec(parallelism=4), [GroupCount(0, 0, 100)], active, CalibrationTable.default(), None
@@ -289,9 +290,9 @@ def test_batches_of_jobs_not_started_yet_are_spoken_for() -> None:
     """Runnable images less what waiting Jobs (no lease yet) will claim; a Job that has
     claimed its batch no longer counts (its images are not runnable any more)."""
     groups = [GroupCount(0, 1, 30), GroupCount(0, 2, 5), GroupCount(1, 1, 4)]
-    waiting = replace(job("w", JobOutcome.RUNNING), size_class=1, images=25)
-    small = replace(job("s", JobOutcome.RUNNING), size_class=2, images=25)
-    claimed = replace(job("c", JobOutcome.RUNNING), size_class=1, images=25)
+    waiting = replace(job("w", WorkerOutcome.RUNNING), size_class=1, images=25)
+    small = replace(job("s", WorkerOutcome.RUNNING), size_class=2, images=25)
+    claimed = replace(job("c", WorkerOutcome.RUNNING), size_class=1, images=25)
     assert unclaimed(groups, [waiting, small, claimed], leased={"c"}) == [
         GroupCount(0, 1, 5),
         GroupCount(1, 1, 4),

@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 
 from facescan_operator.breaker import CircuitBreaker
-from facescan_operator.k8s.observe import JobOutcome, JobView, PodTrouble, view_jobs
-from facescan_operator.k8s.reconcile import changed, status_of
-from facescan_operator.k8s.stuck import (
+from facescan_operator.k8s.holds import (
     ALL_POOLS,
     EVENT_MOVED_DOWN,
     EVENT_RECOVERED,
@@ -22,11 +20,14 @@ from facescan_operator.k8s.stuck import (
     Hold,
     Stuck,
     degraded,
-    find,
     gate,
     holds_of,
     update_holds,
 )
+from facescan_operator.k8s.observe import JobView, PodTrouble, view_jobs
+from facescan_operator.k8s.reconcile import changed, status_of
+from facescan_operator.k8s.stuck import find
+from facescan_operator.loop import WorkerOutcome
 from facescan_operator.planner import BatchPlan
 from facescan_queue.models import QueueStatus, RecentOutcomes
 
@@ -58,7 +59,7 @@ def job(
     pods: int = 1,
     scheduled: bool = False,
     started_at: datetime | None = None,
-    outcome: JobOutcome = JobOutcome.RUNNING,
+    outcome: WorkerOutcome = WorkerOutcome.RUNNING,
 ) -> JobView:
     return JobView(
         name,
@@ -247,9 +248,9 @@ def test_insufficient_memory_at_the_last_step_is_held_not_moved_down() -> None:
 def test_finished_suspended_and_podded_jobs_are_not_judged_by_events() -> None:
     refused = {n: PodTrouble("FailedCreate", HOSTPATH) for n in ("done", "pod", "susp")}
     jobs = [
-        job("done", pods=0, outcome=JobOutcome.FAILED),
+        job("done", pods=0, outcome=WorkerOutcome.FAILED),
         job("pod", pods=1),  # its pod exists: an old FailedCreate is over
-        JobView("susp", 0, 0, "gpu", 1, JobOutcome.RUNNING, "", None, suspended=True),
+        JobView("susp", 0, 0, "gpu", 1, WorkerOutcome.RUNNING, "", None, suspended=True),
     ]
     assert find(jobs, refused, NOW, 6) == []
 
