@@ -1,7 +1,8 @@
 """The command line of ``scripts/dev-cluster``.
 
-dev-cluster build               build the Kubernetes binaries (cached; seconds when built)
+dev-cluster build [--kueue]     build the Kubernetes binaries (cached; seconds when built)
 dev-cluster up --dir DIR        start a cluster; prints `export KUBECONFIG=...`
+                                (--kueue: and Kueue's manager beside it, kueue.py)
 dev-cluster down --dir DIR      stop every process it started, by PID
 dev-cluster status --dir DIR    which processes run, the nodes, memory
 dev-cluster agent --dir DIR     the node agent itself (started by `up`)
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from facescan_devcluster import build, controlplane, database
+from facescan_devcluster import build, controlplane, database, kueue
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +26,10 @@ def main(argv: list[str] | None = None) -> None:
         "that runs pods as local processes. No container engine needed.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build the Kubernetes binaries (cached outside the clone)")
+    builder = commands.add_parser(
+        "build", help="build the Kubernetes binaries (cached outside the clone)"
+    )
+    builder.add_argument("--kueue", action="store_true", help="and Kueue's manager")
     for name, text in (
         ("up", "start a cluster in DIR and wait until it is ready"),
         ("down", "stop the cluster in DIR"),
@@ -49,15 +53,25 @@ def main(argv: list[str] | None = None) -> None:
                 help="an image the nodes have (glob; repeatable; default: *facescan*); a "
                 "pod of another image gets ErrImagePull",
             )
+            sub.add_argument(
+                "--kueue",
+                action="store_true",
+                help=f"also run Kueue {build.KUEUE_VERSION} (built the first time), with "
+                "ResourceFlavors cpu and gpu and a ClusterQueue facescan of the nodes' capacity "
+                "for every namespace (a namespace's LocalQueue names it)",
+            )
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             paths = build.ensure_built()
             print(f"Kubernetes {build.VERSION}: {paths['kube-apiserver'].parent}")
+            if args.kueue:
+                print(f"Kueue {build.KUEUE_VERSION}: {build.ensure_kueue_built()}")
         elif args.command == "up":
-            _up(args.dir, tuple(args.images or controlplane.DEFAULT_IMAGES), args.postgres)
+            images = tuple(args.images or controlplane.DEFAULT_IMAGES)
+            _up(args.dir, images, args.postgres, args.kueue)
         elif args.command == "down":
-            stopped = controlplane.down(args.dir)
+            stopped = _stop_kueue(args.dir) + controlplane.down(args.dir)
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         elif args.command == "status":
             _status(args.dir)
@@ -70,11 +84,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-def _up(directory: Path, images: tuple[str, ...], postgres: bool) -> None:
+def _up(directory: Path, images: tuple[str, ...], postgres: bool, with_kueue: bool) -> None:
     build.ensure_built()
+    if with_kueue:
+        build.ensure_kueue_built()
     started = time.monotonic()
     cluster = controlplane.up(directory, images=images, postgres=postgres)
     took = time.monotonic() - started
+    if with_kueue:
+        try:
+            manager = kueue.Kueue(cluster)
+            manager.start()
+            manager.apply(*kueue.queues("facescan", cpu="8", memory="32Gi"))
+        except BaseException:
+            _stop_kueue(directory)
+            controlplane.down(directory)
+            raise
     rss = controlplane.rss_bytes(cluster) / 2**20
     print(
         f"Kubernetes {cluster.version} ready in {took:.1f} s at {cluster.server} "
@@ -84,6 +109,24 @@ def _up(directory: Path, images: tuple[str, ...], postgres: bool) -> None:
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     if postgres:  # the password stays in the file
         print(f'export FACESCAN_DSN="$(cat {cluster.dir / "database.dsn"})"')
+    if with_kueue:
+        print(
+            f"Kueue {build.KUEUE_VERSION} ready {time.monotonic() - started - took:.1f} s later "
+            "(its memory counted above): it admits the Jobs of the LocalQueues "
+            f"feeding ClusterQueue facescan (log: {cluster.dir / 'logs' / 'kueue.log'})",
+            file=sys.stderr,
+        )
+
+
+def _stop_kueue(directory: Path) -> list[str]:
+    """Kueue's manager stopped and its webhooks unregistered, if it runs."""
+    directory = directory.resolve()
+    if not (directory / "cluster.json").exists():
+        return []
+    cluster = controlplane.Cluster.load(directory)
+    if "kueue" not in cluster.pids:
+        return []
+    return ["kueue"] if kueue.Kueue(cluster).stop() else []
 
 
 def _status(directory: Path) -> None:

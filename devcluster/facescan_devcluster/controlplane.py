@@ -325,13 +325,13 @@ def _nodes_ready(cluster: Cluster) -> bool:
 
 
 def down(directory: Path, *, grace: float = 10) -> list[str]:
-    """Stop every process the cluster in ``directory`` started (node agent first, etcd
+    """Stop every process the cluster in ``directory`` started (Kueue and the node agent first, etcd
     last), by PID; returns the names of those that were running."""
     directory = directory.resolve()
     if not (directory / "cluster.json").exists():
         return []
     cluster = Cluster.load(directory)
-    order = ["node-agent", "kube-controller-manager", "kube-scheduler", "kube-apiserver"]
+    order = ["kueue", "node-agent", "kube-controller-manager", "kube-scheduler", "kube-apiserver"]
     order += ["postgres", "etcd"]
     stopped = []
     for name in order:

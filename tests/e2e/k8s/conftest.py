@@ -14,6 +14,7 @@ import pytest
 
 from facescan_devcluster import controlplane
 from facescan_devcluster.controlplane import Cluster
+from facescan_devcluster.kueue import Kueue
 from facescan_operator import loop
 from tests.e2e.local.support import copy_samples
 
@@ -43,6 +44,19 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         yield cluster
     finally:
         controlplane.down(directory)
+
+
+@pytest.fixture(scope="module")
+def kueue(control_plane: Cluster) -> Iterator[Kueue]:
+    """Kueue's manager beside the control plane, as `dev-cluster up --kueue` runs it, for
+    one test module: at its end the webhooks are unregistered and the manager stopped, so
+    that no other module's Job is Kueue's."""
+    manager = Kueue(control_plane)
+    manager.start()
+    try:
+        yield manager
+    finally:
+        manager.stop()
 
 
 @pytest.fixture
