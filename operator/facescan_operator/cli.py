@@ -5,7 +5,8 @@ by FACESCAN_DSN_FILE) or --data-dir (the embedded PostgreSQL's directory, used w
 DSN is given). Exit codes: 0 success (failed images are data, not errors), 2 usage error
 (a malformed database URL included) or unknown image or library, 3
 database error, 4 the detectors of `scan` cannot run (they cannot start, or the scan
-started the most processes it may), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+started the most processes it may), 5 `register` refused (an unreadable or empty library
+root: nothing marked missing), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 The README has the table of every code and its causes.
 """
 
@@ -34,6 +35,7 @@ from facescan_operator.embedded_db import (
     default_data_dir,
 )
 from facescan_operator.local import DetectorsCannotRun
+from facescan_operator.registration import RegistrationRefused
 from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
 from facescan_queue.errors import InvalidArgument, QueueError, UnknownImage, UnknownLibrary
 from facescan_queue.migrate import grant_library, migrate, migrate_if_owner
@@ -55,6 +57,8 @@ EXIT_USAGE = 2
 EXIT_DATABASE = 3
 EXIT_DETECTORS = 4
 """`scan`: the detectors cannot run (cannot start, or the scan's bound of processes)."""
+EXIT_REFUSED = 5
+"""`register`: the library root cannot be read, or has no image (an unmounted volume?)."""
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -348,6 +352,14 @@ def register(
             "(default: ROOT's absolute path, as `facescan scan` names it).",
         ),
     ] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="A ROOT without any image marks every image of the library missing "
+            "(otherwise refused, exit 5: an unmounted volume looks empty).",
+        ),
+    ] = False,
     dsn: DsnOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
@@ -355,9 +367,24 @@ def register(
     """Register the images under ROOT without detecting: reads only their headers.
 
     For a cluster: run it where the photos are, against the FaceScan's database, and the
-    operator's Jobs detect them. Idempotent: images already registered are left as they are.
+    operator's Jobs detect them. Running it again registers new files, queues changed
+    ones (another size or modification time) again with their old faces deleted, and,
+    when every directory under ROOT could be read, marks the registered images whose file
+    is gone missing (not detected, faces kept, counted by `status`) until it is back.
+
+    Exit codes: 0 registered, 2 usage, 3 database, 5 refused, nothing registered or marked
+    missing: ROOT cannot be read, or has no image while the library has (--allow-empty).
     """
-    result = _run(lambda q, _: commands.register(q, root, library), dsn, data_dir, create=True)
+    try:
+        result = _run(
+            lambda q, _: commands.register(q, root, library, allow_empty=allow_empty),
+            dsn,
+            data_dir,
+            create=True,
+        )
+    except RegistrationRefused as exc:
+        print(f"facescan: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_REFUSED) from None
     _emit(result, as_json, commands.register_text(result))
 
 

@@ -16,11 +16,11 @@ from typing import Any
 from facescan_operator.local import Libraries, LocalOptions, LocalRunner
 from facescan_operator.memlimit import MemoryLimiter
 from facescan_operator.planner import PlanSettings
-from facescan_operator.registration import read_header, scan_directory
+from facescan_operator.registration import RegistrationRefused, read_header, register_root
 from facescan_operator.sizing import MIB, CalibrationTable
 from facescan_queue import defaults
 from facescan_queue.errors import UnknownImage, UnknownLibrary
-from facescan_queue.models import LibraryPolicy, NewImage, QueueStatus
+from facescan_queue.models import LibraryPolicy, NewImage, QueueStatus, Registered
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType, ImageState
 
@@ -142,11 +142,18 @@ class ScanSummary:
     """This scan's model and max dimension, as the text names them."""
     next_retry: datetime | None = None
     """When the first image waiting for its retry back-off is due (None: none waits)."""
+    registration: Registered = field(default_factory=Registered)
+    """What registering the PATHs did besides adding images (changed, returned)."""
+    warnings: list[str] = field(default_factory=list)
+    """What registering could not do: a root or directories it could not read."""
 
     def as_json(self) -> dict[str, Any]:
         return {
             **self.totals.as_json(),
             "registered": self.registered,
+            "changed": self.registration.changed,
+            "returned": self.registration.returned,
+            "warnings": self.warnings,
             "rescanned": self.rescanned,
             "done_with_other_settings": sum(n for *_, n in self.other_settings),
             "memory_enforcement": self.enforcement,
@@ -155,7 +162,9 @@ class ScanSummary:
         }
 
     def text(self) -> str:
-        lines = [f"{path}: {plural(n, 'face')}" for path, n in self.faces_by_image]
+        lines = [f"warning: {warning}" for warning in self.warnings]
+        lines += [f"{path}: {plural(n, 'face')}" for path, n in self.faces_by_image]
+        lines += registration_lines(self.registration)
         lines.append(status_line(self.totals))
         t = self.totals
         if t.by_error_type:
@@ -193,7 +202,7 @@ def status_line(t: QueueStatus) -> str:
     return (
         f"{plural(t.images, 'image')}: {t.done} done ({plural(t.faces, 'face')}, "
         f"{t.degraded} degraded), {t.leased} in progress, {t.pending} pending "
-        f"({t.retrying} retrying), {t.dead} dead"
+        f"({t.retrying} retrying), {t.dead} dead" + (f", {t.missing} missing" if t.missing else "")
     )
 
 
@@ -213,7 +222,9 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         cascade_models=tuple(m for m, _ in cascade), cascade_scales=tuple(s for _, s in cascade)
     )
     libraries = Libraries({}, {})
-    registered = rescanned = 0
+    rescanned = 0
+    registration = Registered()
+    warnings: list[str] = []
     other_settings: list[tuple[str, float, int, int]] = []
     process_bound = 0
     for path in paths:
@@ -222,11 +233,21 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         name = str(root)
         library = await queue.ensure_library(name, policy)
         if path.is_dir():
-            images = scan_directory(root)
+            # new and changed files; vanished ones are marked missing by `register` only
+            # (here their detector charges them `missing`)
+            try:
+                found = await register_root(queue, name, root, mark_missing=False)
+            except RegistrationRefused as exc:
+                warnings.append(str(exc))
+            else:
+                registration += found.registered
+                warnings += [f"could not read {root}/{u}" for u in found.unreadable]
         else:
             header = read_header(path)
-            images = [NewImage(path.name, header.width, header.height, header.file_bytes)]
-        registered += await queue.register(name, images)
+            image = NewImage(
+                path.name, header.width, header.height, header.file_bytes, header.mtime
+            )
+            registration += await queue.register_files(name, [image])
         if options.rescan:
             rescanned += await queue.rescan_other_settings(name, cascade, options.max_dimension)
         else:
@@ -279,7 +300,7 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
     return ScanSummary(
         totals,
         per_library,
-        registered,
+        registration.added,
         str(limiter.enforcement),
         runner.events,
         faces_by_image,
@@ -287,6 +308,8 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         rescanned,
         f"{options.model} at max dimension {_dimension(options.max_dimension)}",
         min((due for due in retries if due is not None), default=None),
+        registration,
+        warnings,
     )
 
 
@@ -355,7 +378,17 @@ def _duration(seconds: float) -> str:
 
 
 def _sum(statuses: Any) -> QueueStatus:
-    fields = ("images", "pending", "leased", "done", "degraded", "retrying", "dead", "faces")
+    fields = (
+        "images",
+        "pending",
+        "leased",
+        "done",
+        "degraded",
+        "retrying",
+        "dead",
+        "faces",
+        "missing",
+    )
     totals = dict.fromkeys(fields, 0)
     by_type: dict[str, int] = {}
     for s in statuses:
@@ -392,34 +425,67 @@ async def _libraries(queue: Queue, library: str | None) -> list[str]:
     return [library]
 
 
-async def register(queue: Queue, root: Path, library: str | None) -> dict[str, Any]:
+async def register(
+    queue: Queue, root: Path, library: str | None, *, allow_empty: bool = False
+) -> dict[str, Any]:
     """Registers the images under ``root`` (header reads only, no detection) in
-    ``library``, by default the one `facescan scan` would use: the absolute directory."""
+    ``library``, by default the one `facescan scan` would use: the absolute directory.
+    Changed files are detected again; after a complete walk, registered images whose
+    file is gone are marked missing (RegistrationRefused: see register_root)."""
     root = root.resolve()
     name = library or str(root)
     await queue.ensure_library(name)
-    images = scan_directory(root)
-    added = await queue.register(name, images)
-    return {
-        "library": name,
-        "root": str(root),
-        "images": len(images),
-        "registered": added,
-        "without_size": sum(1 for i in images if i.width is None),
-    }
+    found = await register_root(queue, name, root, allow_empty=allow_empty)
+    return found.as_json()
 
 
 def register_text(result: dict[str, Any]) -> str:
-    text = (
-        f"{result['images']} images under {result['root']}: {result['registered']} new in "
-        f"library {result['library']}"
+    lines = [
+        f"{plural(result['images'], 'image')} under {result['root']}: {result['registered']} "
+        f"new in library {result['library']}"
+    ]
+    lines += registration_lines(
+        Registered(
+            changed=result["changed"],
+            deferred=result["deferred"],
+            returned=result["returned"],
+            missing=result["missing"],
+        )
     )
     if result["without_size"]:
-        text += (
-            f"\n{result['without_size']} whose header could not be read: registered without "
+        lines.append(
+            f"{result['without_size']} whose header could not be read: registered without "
             "a size; the detector will record why"
         )
-    return text
+    if result["unreadable"]:
+        lines.append(
+            f"could not read ({'; '.join(result['unreadable'])}): walk incomplete, nothing "
+            "marked missing"
+        )
+    return "\n".join(lines)
+
+
+def registration_lines(r: Registered) -> list[str]:
+    """What a registration did besides adding images, one line each (none if nothing)."""
+    lines = []
+    if r.changed:
+        lines.append(
+            f"{plural(r.changed, 'changed file')} queued again from the first cascade step "
+            "(old faces deleted)"
+        )
+    if r.deferred:
+        lines.append(
+            f"{plural(r.deferred, 'changed file')} being detected now: queued again by the "
+            "next registration"
+        )
+    if r.missing:
+        lines.append(
+            f"{plural(r.missing, 'image')} marked missing (file gone; faces kept, not "
+            "detected until it is back)"
+        )
+    if r.returned:
+        lines.append(f"{plural(r.returned, 'missing image')} back")
+    return lines
 
 
 async def failures(

@@ -141,48 +141,62 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO facescan.image_counts AS c
-            (library, state, step, size_class, error_type, degraded, shard, images, faces)
-        SELECT library, state, step, size_class, error_type, degraded, facescan.count_shard(),
-               count(*), sum(face_count)
-        FROM new_rows
-        GROUP BY library, state, step, size_class, error_type, degraded
-        ORDER BY library, state, step, size_class, error_type, degraded
+            (library, state, step, size_class, error_type, degraded, missing, shard, images,
+             faces)
+        SELECT library, state, step, size_class, error_type, degraded, missing,
+               facescan.count_shard(), count(*), sum(face_count)
+        FROM (SELECT *, missing_since IS NOT NULL AS missing FROM new_rows) AS n
+        GROUP BY library, state, step, size_class, error_type, degraded, missing
+        ORDER BY library, state, step, size_class, error_type, degraded, missing
         ON CONFLICT ON CONSTRAINT image_counts_key
         DO UPDATE SET images = c.images + EXCLUDED.images, faces = c.faces + EXCLUDED.faces;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO facescan.image_counts AS c
-            (library, state, step, size_class, error_type, degraded, shard, images, faces)
-        SELECT library, state, step, size_class, error_type, degraded, facescan.count_shard(),
-               -count(*), -sum(face_count)
-        FROM old_rows
-        GROUP BY library, state, step, size_class, error_type, degraded
-        ORDER BY library, state, step, size_class, error_type, degraded
+            (library, state, step, size_class, error_type, degraded, missing, shard, images,
+             faces)
+        SELECT library, state, step, size_class, error_type, degraded, missing,
+               facescan.count_shard(), -count(*), -sum(face_count)
+        FROM (SELECT *, missing_since IS NOT NULL AS missing FROM old_rows) AS o
+        GROUP BY library, state, step, size_class, error_type, degraded, missing
+        ORDER BY library, state, step, size_class, error_type, degraded, missing
         ON CONFLICT ON CONSTRAINT image_counts_key
         DO UPDATE SET images = c.images + EXCLUDED.images, faces = c.faces + EXCLUDED.faces;
     ELSE
-        SELECT o.id, o.state, n.state AS new_state INTO v_illegal
-        FROM old_rows o JOIN new_rows n ON n.id = o.id
-        WHERE NOT facescan.legal_transition(o.state, n.state)
+        -- each image's move, paired by grouping, not by joining the transition tables:
+        -- the planner takes them for one row each and joined them in a nested loop,
+        -- quadratic in the rows of the statement (10,000 rows: seconds)
+        SELECT m.id, m.state, m.new_state INTO v_illegal
+        FROM (
+            SELECT t.id, min(t.state) FILTER (WHERE t.old) AS state,
+                   min(t.state) FILTER (WHERE NOT t.old) AS new_state
+            FROM (SELECT id, state, true AS old FROM old_rows
+                  UNION ALL
+                  SELECT id, state, false FROM new_rows) AS t
+            GROUP BY t.id
+        ) AS m
+        WHERE NOT facescan.legal_transition(m.state, m.new_state)
         LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'illegal transition of image %: % -> %',
                 v_illegal.id, v_illegal.state, v_illegal.new_state USING ERRCODE = 'FS002';
         END IF;
         INSERT INTO facescan.image_counts AS c
-            (library, state, step, size_class, error_type, degraded, shard, images, faces)
-        SELECT library, state, step, size_class, error_type, degraded, facescan.count_shard(),
-               sum(n), sum(f)
+            (library, state, step, size_class, error_type, degraded, missing, shard, images,
+             faces)
+        SELECT library, state, step, size_class, error_type, degraded, missing,
+               facescan.count_shard(), sum(n), sum(f)
         FROM (
-            SELECT library, state, step, size_class, error_type, degraded, 1 AS n,
-                   face_count AS f
+            SELECT library, state, step, size_class, error_type, degraded,
+                   missing_since IS NOT NULL AS missing, 1 AS n, face_count AS f
             FROM new_rows
             UNION ALL
-            SELECT library, state, step, size_class, error_type, degraded, -1, -face_count
+            SELECT library, state, step, size_class, error_type, degraded,
+                   missing_since IS NOT NULL, -1, -face_count
             FROM old_rows
         ) AS delta
-        GROUP BY library, state, step, size_class, error_type, degraded
+        GROUP BY library, state, step, size_class, error_type, degraded, missing
         HAVING sum(n) <> 0 OR sum(f) <> 0
-        ORDER BY library, state, step, size_class, error_type, degraded
+        ORDER BY library, state, step, size_class, error_type, degraded, missing
         ON CONFLICT ON CONSTRAINT image_counts_key
         DO UPDATE SET images = c.images + EXCLUDED.images, faces = c.faces + EXCLUDED.faces;
     END IF;
@@ -209,10 +223,11 @@ BEGIN
     LOCK TABLE facescan.image_counts IN EXCLUSIVE MODE;
     WITH folded AS (DELETE FROM facescan.image_counts RETURNING *)
     INSERT INTO facescan.image_counts
-        (library, state, step, size_class, error_type, degraded, shard, images, faces)
-    SELECT library, state, step, size_class, error_type, degraded, 0, sum(images), sum(faces)
+        (library, state, step, size_class, error_type, degraded, missing, shard, images, faces)
+    SELECT library, state, step, size_class, error_type, degraded, missing, 0, sum(images),
+           sum(faces)
     FROM folded
-    GROUP BY library, state, step, size_class, error_type, degraded
+    GROUP BY library, state, step, size_class, error_type, degraded, missing
     HAVING sum(images) <> 0 OR sum(faces) <> 0;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     RETURN v_rows;
@@ -227,11 +242,12 @@ BEGIN
     LOCK TABLE facescan.image_counts IN EXCLUSIVE MODE;
     DELETE FROM facescan.image_counts WHERE library = p_library;
     INSERT INTO facescan.image_counts
-        (library, state, step, size_class, error_type, degraded, shard, images, faces)
-    SELECT library, state, step, size_class, error_type, degraded, 0, count(*), sum(face_count)
+        (library, state, step, size_class, error_type, degraded, missing, shard, images, faces)
+    SELECT library, state, step, size_class, error_type, degraded, missing_since IS NOT NULL,
+           0, count(*), sum(face_count)
     FROM facescan.images
     WHERE library = p_library
-    GROUP BY library, state, step, size_class, error_type, degraded;
+    GROUP BY library, state, step, size_class, error_type, degraded, missing_since IS NOT NULL;
 END
 $$;
 
@@ -266,19 +282,31 @@ BEGIN
 END
 $$;
 
--- Registers images (idempotent: a path already registered is left as it is).
--- Returns how many were new.
+-- Registers the files a registration found (idempotent):
+--   a new path is added (pending);
+--   a registered path whose file changed (another size, or another modification time,
+--     where both are known: an image registered without one gets it filled in, unchanged)
+--     is queued again from the first cascade step with its old result deleted
+--     (restart_images), its header facts replaced; one leased right now is left as it is
+--     (its worker may be reading either version): its stored size and time still differ,
+--     so the next registration redoes it (counted as deferred);
+--   a path marked missing is unmarked (returned), and redone if it changed.
+-- Returns how many paths were added, changed (queued again), returned and deferred.
 CREATE OR REPLACE FUNCTION facescan.register_images(
     p_library text,
     p_paths text[],
     p_widths integer[],
     p_heights integer[],
     p_file_bytes bigint[],
-    p_priority smallint DEFAULT 0
-) RETURNS integer
+    p_priority smallint DEFAULT 0,
+    p_mtimes timestamptz[] DEFAULT NULL
+) RETURNS TABLE (added integer, changed integer, returned integer, deferred integer)
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     v_added integer;
+    v_changed bigint[];
+    v_redone bigint[];
+    v_returned integer;
 BEGIN
     PERFORM facescan.authorize(p_library, true);
     IF NOT EXISTS (SELECT 1 FROM facescan.libraries WHERE name = p_library) THEN
@@ -286,17 +314,83 @@ BEGIN
     END IF;
     WITH inserted AS (
         INSERT INTO facescan.images
-            (library, path, width, height, file_bytes, size_class, priority)
-        SELECT p_library, u.path, u.width, u.height, u.file_bytes,
+            (library, path, width, height, file_bytes, file_mtime, size_class, priority)
+        SELECT p_library, u.path, u.width, u.height, u.file_bytes, u.mtime,
                facescan.size_class(u.width, u.height), p_priority
-        FROM unnest(p_paths, p_widths, p_heights, p_file_bytes)
-            AS u (path, width, height, file_bytes)
+        FROM unnest(p_paths, p_widths, p_heights, p_file_bytes, p_mtimes)
+            AS u (path, width, height, file_bytes, mtime)
         ON CONFLICT (library, path) DO NOTHING
         RETURNING 1
     )
     SELECT count(*)::integer INTO v_added FROM inserted;
-    RETURN v_added;
+
+    -- the registered files that changed, and those found again (this call's new rows
+    -- match their own facts)
+    SELECT coalesce(array_agg(i.id) FILTER (
+               WHERE (i.file_bytes <> u.file_bytes OR i.file_mtime <> u.mtime) IS TRUE), '{}'),
+           count(*) FILTER (WHERE i.missing_since IS NOT NULL)
+    INTO v_changed, v_returned
+    FROM unnest(p_paths, p_file_bytes, p_mtimes) AS u (path, file_bytes, mtime)
+    JOIN facescan.images i ON i.library = p_library AND i.path = u.path;
+
+    SELECT coalesce(array_agg(r.id), '{}') INTO v_redone
+    FROM facescan.restart_images(v_changed, true) AS r (id);
+
+    -- new facts of the redone ones; a time or size filled in where none was known; found
+    -- again (a leased image is never missing, and its facts are not filled in under its
+    -- worker: the next registration does it)
+    UPDATE facescan.images i SET
+        width = CASE WHEN i.id = ANY (v_redone) THEN u.width ELSE i.width END,
+        height = CASE WHEN i.id = ANY (v_redone) THEN u.height ELSE i.height END,
+        size_class = CASE WHEN i.id = ANY (v_redone)
+                          THEN facescan.size_class(u.width, u.height) ELSE i.size_class END,
+        file_bytes = CASE WHEN i.id = ANY (v_redone) THEN u.file_bytes
+                          ELSE coalesce(i.file_bytes, u.file_bytes) END,
+        file_mtime = CASE WHEN i.id = ANY (v_redone) THEN u.mtime
+                          ELSE coalesce(i.file_mtime, u.mtime) END,
+        missing_since = NULL,
+        updated_at = now()
+    FROM unnest(p_paths, p_widths, p_heights, p_file_bytes, p_mtimes)
+        AS u (path, width, height, file_bytes, mtime)
+    WHERE i.library = p_library AND i.path = u.path
+      AND (i.id = ANY (v_redone)
+           OR i.missing_since IS NOT NULL
+           OR (i.state <> 'leased'
+               AND ((i.file_mtime IS NULL AND u.mtime IS NOT NULL)
+                    OR (i.file_bytes IS NULL AND u.file_bytes IS NOT NULL))));
+
+    RETURN QUERY SELECT v_added, cardinality(v_redone),
+        v_returned::integer, cardinality(v_changed) - cardinality(v_redone);
 END
+$$;
+
+-- The registered paths of a library that p_seen (every file of a complete walk of the
+-- library root) lacks: the candidates to mark missing, once the caller has checked that
+-- each is really gone. Leased and already missing images are not listed.
+CREATE OR REPLACE FUNCTION facescan.unseen_images(p_library text, p_seen text[])
+RETURNS SETOF text
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    SELECT i.path FROM facescan.images i
+    WHERE i.library = p_library AND i.missing_since IS NULL AND i.state <> 'leased'
+      AND NOT EXISTS (SELECT 1 FROM unnest(p_seen) AS s (path) WHERE s.path = i.path)
+    ORDER BY i.path
+$$;
+
+-- Marks the images of these paths missing (gone from the library root): never claimed
+-- until a registration sees them again, their results and state kept. Leased images
+-- are left as they are (their worker finds out). Returns how many were marked.
+CREATE OR REPLACE FUNCTION facescan.mark_missing(p_library text, p_paths text[])
+RETURNS integer
+LANGUAGE sql SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    WITH marked AS (
+        UPDATE facescan.images i SET missing_since = now(), updated_at = now()
+        WHERE i.library = p_library AND i.path = ANY (p_paths)
+          AND i.missing_since IS NULL AND i.state <> 'leased'
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM marked
 $$;
 
 -- Claiming and processing ----------------------------------------------------------
@@ -338,8 +432,8 @@ BEGIN
     RETURN QUERY
     WITH picked AS (
         SELECT i.id FROM facescan.images i
-        WHERE i.library = p_library AND i.state = 'pending' AND i.step = p_step
-          AND i.size_class = p_size_class AND i.next_attempt_at <= now()
+        WHERE i.library = p_library AND i.state = 'pending' AND i.missing_since IS NULL
+          AND i.step = p_step AND i.size_class = p_size_class AND i.next_attempt_at <= now()
         ORDER BY i.priority DESC, i.attempts, i.id
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
@@ -959,6 +1053,40 @@ LANGUAGE sql SECURITY DEFINER AS $$
     SELECT count(*)::integer FROM requeued
 $$;
 
+-- The one way back to the first cascade step: queues these images again, runnable now,
+-- with a fresh attempt budget (rescan; register_images for a file that changed).
+-- Leased images are left to their worker. With p_forget the old result goes too
+-- (detection, faces, failure: the file is another one now); without, it stays until the
+-- new result replaces it. Returns the ids queued again.
+CREATE OR REPLACE FUNCTION facescan.restart_images(p_ids bigint[], p_forget boolean)
+RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    IF coalesce(cardinality(p_ids), 0) = 0 THEN
+        RETURN;
+    END IF;
+    WITH restarted AS (
+        UPDATE facescan.images i
+        SET state = 'pending', step = 0, attempts = 0, unavailable_count = 0,
+            next_attempt_at = now(), updated_at = now(),
+            error_type = CASE WHEN p_forget THEN NULL ELSE i.error_type END,
+            degraded = CASE WHEN p_forget THEN false ELSE i.degraded END,
+            face_count = CASE WHEN p_forget THEN 0 ELSE i.face_count END
+        WHERE i.id = ANY (p_ids) AND i.state <> 'leased'
+        RETURNING i.id
+    )
+    SELECT coalesce(array_agg(r.id), '{}') INTO v_ids FROM restarted AS r;
+    IF p_forget AND cardinality(v_ids) > 0 THEN
+        DELETE FROM facescan.faces WHERE image_id = ANY (v_ids);
+        DELETE FROM facescan.detections WHERE image_id = ANY (v_ids);
+        DELETE FROM facescan.failures WHERE image_id = ANY (v_ids);
+    END IF;
+    RETURN QUERY SELECT unnest(v_ids);
+END
+$$;
+
 -- Queues done images again from the first cascade step: only degraded results (found
 -- at a reduced scale or with HOG) with p_only_degraded, optionally only given paths.
 -- Their faces stay until the new result replaces them.
@@ -969,33 +1097,30 @@ CREATE OR REPLACE FUNCTION facescan.rescan(
 ) RETURNS integer
 LANGUAGE sql SECURITY DEFINER AS $$
     SELECT facescan.authorize(p_library, true);
-    WITH rescanned AS (
-        UPDATE facescan.images i
-        SET state = 'pending', step = 0, attempts = 0, unavailable_count = 0,
-            next_attempt_at = now(), updated_at = now()
+    SELECT count(*)::integer FROM facescan.restart_images(ARRAY(
+        SELECT i.id FROM facescan.images i
         WHERE i.library = p_library AND i.state = 'done'
           AND (NOT p_only_degraded OR i.degraded)
           AND (p_paths IS NULL OR i.path = ANY (p_paths))
-        RETURNING 1
-    )
-    SELECT count(*)::integer FROM rescanned
+    ), false)
 $$;
 
 -- Reading the queue ---------------------------------------------------------------------
 
--- Image and face counts of a library by state, failure type and degradation, from the
--- counters (O(groups), not O(images)).
+-- Image and face counts of a library by state, failure type, degradation and whether
+-- missing, from the counters (O(groups), not O(images)).
 CREATE OR REPLACE FUNCTION facescan.status_counts(p_library text)
 RETURNS TABLE (
     state facescan.image_state, error_type facescan.error_type, degraded boolean,
-    images bigint, faces bigint
+    missing boolean, images bigint, faces bigint
 )
 LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT facescan.authorize(p_library, true);
-    SELECT c.state, c.error_type, c.degraded, sum(c.images)::bigint, sum(c.faces)::bigint
+    SELECT c.state, c.error_type, c.degraded, c.missing, sum(c.images)::bigint,
+           sum(c.faces)::bigint
     FROM facescan.image_counts c
     WHERE c.library = p_library
-    GROUP BY c.state, c.error_type, c.degraded
+    GROUP BY c.state, c.error_type, c.degraded, c.missing
     HAVING sum(c.images) <> 0 OR sum(c.faces) <> 0
 $$;
 
@@ -1008,15 +1133,16 @@ LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT g.step, g.size_class, r.runnable
     FROM (
         SELECT c.step, c.size_class FROM facescan.image_counts c
-        WHERE c.library = p_library AND c.state = 'pending'
+        WHERE c.library = p_library AND c.state = 'pending' AND NOT c.missing
         GROUP BY c.step, c.size_class
         HAVING sum(c.images) > 0
     ) AS g
     CROSS JOIN LATERAL (
         SELECT count(*)::integer AS runnable FROM (
             SELECT 1 FROM facescan.images i
-            WHERE i.library = p_library AND i.state = 'pending' AND i.step = g.step
-              AND i.size_class = g.size_class AND i.next_attempt_at <= now()
+            WHERE i.library = p_library AND i.state = 'pending' AND i.missing_since IS NULL
+              AND i.step = g.step AND i.size_class = g.size_class
+              AND i.next_attempt_at <= now()
             ORDER BY i.priority DESC, i.attempts, i.id  -- the claim order: walks images_runnable
             LIMIT p_cap
         ) AS capped

@@ -38,12 +38,38 @@ class Library:
 
 @dataclass(frozen=True, slots=True)
 class NewImage:
-    """An image to register: a path relative to the library root, header facts if known."""
+    """An image to register: a path relative to the library root, header facts if known,
+    and the file's modification time (with its size, how a registration tells a changed
+    file)."""
 
     path: str
     width: int | None = None
     height: int | None = None
     file_bytes: int | None = None
+    mtime: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """What a registration did. ``changed``: registered files found changed, queued again
+    from the first cascade step with their old result deleted; ``deferred``: changed
+    files being detected right now, left for the next registration; ``returned``: images
+    marked missing found again; ``missing``: images newly marked missing."""
+
+    added: int = 0
+    changed: int = 0
+    deferred: int = 0
+    returned: int = 0
+    missing: int = 0
+
+    def __add__(self, other: Registered) -> Registered:
+        return Registered(
+            self.added + other.added,
+            self.changed + other.changed,
+            self.deferred + other.deferred,
+            self.returned + other.returned,
+            self.missing + other.missing,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +192,10 @@ class AttemptClock:
 
 @dataclass(frozen=True, slots=True)
 class QueueStatus:
-    """A library's counts. ``retrying`` are pending images with a failure behind them."""
+    """A library's counts. ``retrying`` are pending images with a failure behind them.
+    ``missing`` images (their file gone from the library root) are counted there only,
+    not in their state (nor in degraded, retrying or by_error_type); ``images`` and
+    ``faces`` include them (their faces are kept)."""
 
     images: int = 0
     pending: int = 0
@@ -177,9 +206,10 @@ class QueueStatus:
     dead: int = 0
     faces: int = 0
     by_error_type: dict[str, int] = field(default_factory=dict)
+    missing: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        counts: dict[str, Any] = {
             "images": self.images,
             "pending": self.pending,
             "leased": self.leased,
@@ -190,6 +220,9 @@ class QueueStatus:
             "faces": self.faces,
             "by_error_type": dict(sorted(self.by_error_type.items())),
         }
+        if self.missing:  # present when any image is missing
+            counts["missing"] = self.missing
+        return counts
 
 
 @dataclass(frozen=True, slots=True)

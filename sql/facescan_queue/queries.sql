@@ -8,7 +8,13 @@ SELECT max(version) FROM facescan.schema_version;
 SELECT * FROM facescan.ensure_library($1, $2, $3, $4, $5, $6, $7);
 
 -- name: register_images
-SELECT facescan.register_images($1, $2, $3, $4, $5, $6);
+SELECT * FROM facescan.register_images($1, $2, $3, $4, $5, $6, $7);
+
+-- name: unseen_images
+SELECT path FROM facescan.unseen_images($1, $2) AS path;
+
+-- name: mark_missing
+SELECT facescan.mark_missing($1, $2);
 
 -- name: claim_batch
 SELECT * FROM facescan.claim_batch($1, $2, $3, $4, $5, $6);
@@ -183,4 +189,4 @@ SELECT facescan.rescan($1, false, ARRAY(
 -- When the first pending image of a library that waits for its retry back-off is due
 -- (NULL: none waits).
 SELECT min(next_attempt_at) FROM facescan.images
-WHERE library = $1 AND state = 'pending' AND next_attempt_at > now();
+WHERE library = $1 AND state = 'pending' AND missing_since IS NULL AND next_attempt_at > now();

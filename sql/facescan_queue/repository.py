@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Self
 
@@ -32,6 +32,7 @@ from facescan_queue.models import (
     NewImage,
     QueueStatus,
     RecentOutcomes,
+    Registered,
     Released,
     StartedImage,
 )
@@ -239,15 +240,32 @@ class Queue:
         )
 
     async def register(self, library: str, images: Sequence[NewImage], *, priority: int = 0) -> int:
-        """Registers images (idempotent); returns how many were new."""
-        added = 0
+        """Registers images (register_files, marking nothing missing); returns how many
+        were new."""
+        return (await self.register_files(library, images, priority=priority)).added
+
+    async def register_files(
+        self,
+        library: str,
+        images: Sequence[NewImage],
+        *,
+        priority: int = 0,
+        gone: Callable[[list[str]], list[str]] | None = None,
+    ) -> Registered:
+        """Registers images, in one transaction (a refused path registers nothing of the
+        call): new paths added; a registered file that changed (size or modification time)
+        queued again from the first cascade step, its old result deleted (one being
+        detected now is left for the next registration); a missing one found again
+        unmarked. With ``gone``, ``images`` are every file of a complete walk of the
+        library root: the registered images they lack, which ``gone`` (given their paths,
+        it returns those really gone) confirms, are marked missing."""
+        done = Registered()
         sql = query("register_images")
         with errors.translated(target=self._target, user=self._user):
-            # one transaction: a refused path registers nothing of the call
             async with self._pool.acquire() as conn, conn.transaction():
                 for start in range(0, len(images), _REGISTER_CHUNK):
                     chunk = images[start : start + _REGISTER_CHUNK]
-                    added += await conn.fetchval(
+                    row = await conn.fetchrow(
                         sql,
                         library,
                         [i.path for i in chunk],
@@ -255,8 +273,20 @@ class Queue:
                         [i.height for i in chunk],
                         [i.file_bytes for i in chunk],
                         priority,
+                        [i.mtime for i in chunk],
                     )
-        return added
+                    assert row is not None
+                    done += Registered(
+                        row["added"], row["changed"], row["deferred"], row["returned"]
+                    )
+                if gone is not None:
+                    seen = [i.path for i in images]
+                    unseen = [r[0] for r in await conn.fetch(query("unseen_images"), library, seen)]
+                    vanished = gone(unseen) if unseen else []
+                    if vanished:
+                        marked = await conn.fetchval(query("mark_missing"), library, vanished)
+                        done += Registered(missing=marked)
+        return done
 
     # -- the lease holder's calls -------------------------------------------------------
 
@@ -377,12 +407,15 @@ class Queue:
     async def status(self, library: str) -> QueueStatus:
         """Counts by state, from the counters (fast at any size)."""
         counts = {state: 0 for state in ImageState}
-        degraded = retrying = faces = 0
+        degraded = retrying = faces = missing = 0
         by_type: dict[str, int] = {}
         for row in await self._fetch("status_counts", library):
             state, error_type, n = ImageState(row["state"]), row["error_type"], row["images"]
-            counts[state] += n
             faces += row["faces"]
+            if row["missing"]:
+                missing += n
+                continue
+            counts[state] += n
             if state is ImageState.DONE and row["degraded"]:
                 degraded += n
             if error_type is not None and state in (ImageState.PENDING, ImageState.DEAD):
@@ -390,7 +423,7 @@ class Queue:
                 if state is ImageState.PENDING:
                     retrying += n
         return QueueStatus(
-            images=sum(counts.values()),
+            images=sum(counts.values()) + missing,
             pending=counts[ImageState.PENDING],
             leased=counts[ImageState.LEASED],
             done=counts[ImageState.DONE],
@@ -399,6 +432,7 @@ class Queue:
             dead=counts[ImageState.DEAD],
             faces=faces,
             by_error_type={k: v for k, v in by_type.items() if v},
+            missing=missing,
         )
 
     async def runnable_groups(self, library: str, *, cap: int) -> list[GroupCount]:

@@ -27,7 +27,11 @@ CREATE TABLE facescan.schema_version (
 --   dead    -> pending    requeue
 --   pending -> pending    requeue (retry now instead of after the backoff)
 --   done    -> pending    rescan
+--   pending, done, dead -> pending   register_images, when the file changed (restart_images)
 -- guard_image_transition() refuses every other move, whoever makes it.
+-- Apart from the state, an image whose file a registration found gone is *missing*
+-- (images.missing_since): never claimed, counted apart, its result kept, unmarked when
+-- a registration sees the file again. A leased image is never marked missing.
 CREATE TYPE facescan.image_state AS ENUM ('pending', 'leased', 'done', 'dead');
 
 -- The closed set of failure reasons (facescan_queue.types.ErrorType mirrors it).
@@ -118,12 +122,20 @@ CREATE TABLE facescan.images (
     -- `unavailable` failures counted against the library's unavailable_grace since the
     -- image last succeeded or was requeued
     unavailable_count smallint NOT NULL DEFAULT 0,
+    -- the file's modification time as last registered (NULL: unknown, e.g. registered
+    -- before facescan kept it): with file_bytes, how a registration tells a changed file
+    file_mtime timestamptz,
+    -- when a registration that walked the whole library root found the file gone; NULL
+    -- while it is there (register_images unmarks it, mark_missing marks it)
+    missing_since timestamptz,
     CONSTRAINT images_library_path_key UNIQUE (library, path),
     CONSTRAINT images_leased_has_owner CHECK ((state = 'leased') = (lease_owner IS NOT NULL))
 ) WITH (fillfactor = 80);  -- room on each page for HOT updates while an image is worked on
--- The runnable queue: claim walks this partial index in claim order.
+-- The runnable queue: claim walks this partial index in claim order (missing images,
+-- which are never claimed, left out).
 CREATE INDEX images_runnable ON facescan.images
-    (library, step, size_class, priority DESC, attempts, id) WHERE state = 'pending';
+    (library, step, size_class, priority DESC, attempts, id)
+    WHERE state = 'pending' AND missing_since IS NULL;
 -- Also serves the foreign key check of every lease deleted ("WHERE lease_owner = $1"):
 -- the predicate is implied by it, as state = 'leased' would not be (a full table scan).
 -- In start_next's order: the next image of a lease is its first live entry.
@@ -218,8 +230,10 @@ CREATE TABLE facescan.image_counts (
     shard smallint NOT NULL,
     images bigint NOT NULL,
     faces bigint NOT NULL,
+    -- images marked missing (images.missing_since), counted apart from their state
+    missing boolean NOT NULL DEFAULT false,
     CONSTRAINT image_counts_key UNIQUE NULLS NOT DISTINCT
-        (library, state, step, size_class, error_type, degraded, shard)
+        (library, state, step, size_class, error_type, degraded, missing, shard)
 );
 
 -- Which database roles may use which library through the queue's functions (`facescan
@@ -259,3 +273,4 @@ JOIN facescan.images i ON i.id = f.image_id;
 INSERT INTO facescan.schema_version (version, description) VALUES (1, 'initial schema');
 INSERT INTO facescan.schema_version (version, description) VALUES (2, 'cheaper queue transitions');
 INSERT INTO facescan.schema_version (version, description) VALUES (3, 'library roles');
+INSERT INTO facescan.schema_version (version, description) VALUES (4, 'changed and missing files');

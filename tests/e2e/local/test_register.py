@@ -28,7 +28,12 @@ def test_register_queues_a_named_library_without_detecting(dsn: str, tmp_path: P
         "root": str(root.resolve()),
         "images": 3,
         "registered": 3,
+        "changed": 0,
+        "deferred": 0,
+        "missing": 0,
+        "returned": 0,
         "without_size": 1,
+        "unreadable": [],
     }
     rows = fetch(
         dsn,
