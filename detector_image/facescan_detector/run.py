@@ -180,6 +180,7 @@ class _Worker:
         )
 
     async def run(self) -> RunSummary:
+        preload: asyncio.Future[FaceDetector] | None = None
         if self.settings.model is not None:  # load it while the batch is claimed and read
             preload = asyncio.get_running_loop().run_in_executor(
                 self.detect_pool, self._detector, self.settings.model
@@ -190,6 +191,8 @@ class _Worker:
             await self._claim()
             beat = asyncio.create_task(self._heartbeat())
             self.tasks.add(beat)
+            if preload is not None:
+                await _startable(preload)
             image = await self._db(self.queue.start_next, self.owner)
             while image is not None and not self.lease_lost:
                 image = await self._one(image)
@@ -456,6 +459,19 @@ class _Worker:
             )
         except DatabaseUnavailable as exc:
             raise _Stop(EXIT_UNAVAILABLE, f"database unavailable: {exc}") from exc
+
+
+async def _startable(preload: asyncio.Future[FaceDetector]) -> None:
+    """Waits for the model: one that cannot load (model files missing) stops the run
+    before any image is started (exit 2, the batch handed back untouched); any other
+    error is met again, and charged, at the first image that needs the model."""
+    try:
+        await preload
+    except StartupError as exc:
+        log.error("%s", exc)  # the last line of its log: why, for the runner to quote
+        raise _Stop(EXIT_STARTUP, f"detector cannot start: {exc}") from exc
+    except Exception:  # raised again where an image uses the model, and charged there
+        return
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:

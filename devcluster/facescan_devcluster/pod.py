@@ -230,9 +230,25 @@ class PodRunner:
         if code == 128 and start_error:
             return 128, "StartError", start_error
         if self._oom_kills():
-            return 137, "OOMKilled", ""
+            return 137, "OOMKilled", self._fallback_message()
         self._remove_cgroup()
-        return code, "Completed" if code == 0 else "Error", ""
+        if code == 0:
+            return 0, "Completed", ""
+        return code, "Error", self._fallback_message()
+
+    def _fallback_message(self) -> str:
+        """A failed container's terminated.message under terminationMessagePolicy
+        FallbackToLogsOnError, as a kubelet makes it: its log's last 80 lines, at most
+        2048 bytes (the termination-message file is not read: no container writes one)."""
+        if self.container.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+            return ""
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - 2048))
+                data = log_file.read()
+        except OSError:
+            return ""
+        return b"\n".join(data.splitlines()[-80:]).decode(errors="replace")
 
     async def _terminate(self, waiting: asyncio.Task[int]) -> None:
         """SIGTERM to the container's main process; SIGKILL to all after the grace period."""

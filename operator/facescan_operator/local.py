@@ -258,7 +258,7 @@ class LocalRunner:
         started no image if it ended before claiming (no lease) or with its lease held
         and no image in progress (so killed loading its model, say), unless its exit
         status says an image ended it."""
-        if code == workers.DETECTOR_CANNOT_START:
+        if code == loop.DETECTOR_CANNOT_START:
             raise DetectorsCannotRun(f"the detector cannot start: {last}")
         fine = (0, workers.DETECTOR_UNAVAILABLE, *workers.DETECTOR_ON_AN_IMAGE)
         if code in fine or (released is not None and released.charged_image is not None):

@@ -18,6 +18,7 @@ untouched. A lease whose worker is gone altogether is charged ``crash`` after
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +29,19 @@ from facescan_queue.models import GroupCount, LeaseInfo
 from facescan_queue.types import ErrorType
 
 VANISHED_GRACE = timedelta(seconds=60)
+DETECTOR_CANNOT_START = 2
+"""`facescan-detector run`'s exit status when it cannot start (settings, model files):
+never an image's fault, and a worker started the same way fails the same way."""
+
+
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ [A-Z]+ [\w.]+: ")
+"""The detector's log line prefix (time, level, logger), left out of a message."""
+
+
+def last_words(log: str, limit: int = 300) -> str:
+    """The last line of a detector's log, without its prefix: why it ended."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    return _LOG_PREFIX.sub("", lines[-1])[-limit:] if lines else ""
 
 
 class WorkerOutcome(StrEnum):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,12 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from facescan_operator.loop import WorkerOutcome, WorkerView
+from facescan_operator.loop import WorkerOutcome, WorkerView, last_words
 from facescan_operator.memlimit import Slot
 from facescan_operator.planner import BatchPlan, RunningBatch
 
-DETECTOR_CANNOT_START = 2
-"""`facescan-detector run` exit status: usage, settings or model files (never an image)."""
 DETECTOR_UNAVAILABLE = 75
 """`facescan-detector run` exit status: database or library down (the breaker's concern)."""
 DETECTOR_ON_AN_IMAGE = frozenset({3, 4})
@@ -34,8 +31,6 @@ DETECTOR_ON_AN_IMAGE = frozenset({3, 4})
 memory: it had started an image, and handed its lease back."""
 LOGS_PREFIX = "facescan-workers-"
 """The workers' log folder of a run: <tmp>/facescan-workers-<pid of the run>-<random>."""
-_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ [A-Z]+ [\w.]+: ")
-"""The detector's log line prefix (time, level, logger), left out of a message."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -92,7 +87,7 @@ class Worker:
 
     def last_line(self) -> str:
         """The last line of its log, without the log prefix."""
-        return _LOG_PREFIX.sub("", tail(self.log_path))
+        return last_words(tail(self.log_path)) or "no output"
 
 
 def start(

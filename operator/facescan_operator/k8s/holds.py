@@ -23,6 +23,9 @@ EVENT_STUCK = "PodsCannotStart"
 EVENT_MOVED_DOWN = "BatchTooLargeForNodes"
 EVENT_RECOVERED = "PodsStartAgain"
 BREAKER_OPEN = "BreakerOpen"
+DETECTOR_CANNOT_START = "DetectorCannotStart"
+"""A Job's detector exited saying it cannot start (settings, model files): its pool is
+held, and its hold ends only when a later Job of the pool ends otherwise."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,17 @@ def holds_of(status: Mapping[str, Any]) -> list[Hold]:
     return holds
 
 
+def _proves_over(hold: Hold, job: JobView) -> bool:
+    """A Job of the hold's scope started after its latest refusal: pods can run again.
+    A detector that could not start also ran: for that cause, the Job must have ended
+    otherwise (done, or failed on an image)."""
+    if hold.pool not in (ALL_POOLS, job.pool) or job.started_at is None:
+        return False
+    if job.started_at < hold.at:
+        return False
+    return hold.reason != DETECTOR_CANNOT_START or (job.finished and not job.cannot_start)
+
+
 def _backoff(retries: int) -> timedelta:
     return min(RETRY_BACKOFF * (1 << min(retries, 16)), RETRY_BACKOFF_CAP)
 
@@ -113,16 +127,7 @@ def update_holds(
     for hold in holds:
         if hold.pool != ALL_POOLS and hold.pool not in pools:
             continue  # the pool left the spec
-        ran = next(
-            (
-                j
-                for j in jobs
-                if hold.pool in (ALL_POOLS, j.pool)
-                and j.started_at is not None
-                and j.started_at >= hold.at
-            ),
-            None,
-        )
+        ran = next((j for j in jobs if _proves_over(hold, j)), None)
         if ran is None:
             kept[hold.pool] = hold
         elif hold.blocking:

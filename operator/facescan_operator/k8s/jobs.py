@@ -215,6 +215,9 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
                 "imagePullPolicy": spec.detector.image_pull_policy,
                 "command": ["facescan-detector"],
                 "args": ["run"],
+                # a failed detector's last log lines in its pod's status, for the
+                # operator's Events (the detector logs no secret)
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "env": env,
                 "resources": resources,
                 "volumeMounts": mounts,

@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes.utils import quantity
 
 from facescan_operator.k8s.jobs import ANNOTATION_IMAGES, LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
-from facescan_operator.loop import WorkerOutcome, WorkerView
+from facescan_operator.loop import DETECTOR_CANNOT_START, WorkerOutcome, WorkerView
 
 WAITING_TROUBLE = frozenset(
     {
@@ -56,6 +56,16 @@ class JobView(WorkerView):
     """When its container started running, if it did."""
     trouble: PodTrouble | None = None
     """Why its pod cannot run (Unschedulable, ImagePullBackOff...), from the pod."""
+    exit_code: int | None = None
+    """Its container's, once it ended."""
+    message: str = ""
+    """Its ended container's terminated.message: a failed detector's last log lines."""
+
+    @property
+    def cannot_start(self) -> bool:
+        """Its detector ended saying it cannot start (settings, model files): no image
+        was tried, and another Job of the same template fails the same way."""
+        return self.outcome is WorkerOutcome.FAILED and self.exit_code == DETECTOR_CANNOT_START
 
 
 def parse_quantity(text: str) -> int:
@@ -97,25 +107,35 @@ def parse_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def _pod_outcome(pod: Mapping[str, Any]) -> tuple[WorkerOutcome, str, datetime | None] | None:
+@dataclass(frozen=True)
+class _Ended:
+    outcome: WorkerOutcome
+    detail: str
+    at: datetime | None = None
+    exit_code: int | None = None
+    message: str = ""
+
+
+def _pod_outcome(pod: Mapping[str, Any]) -> _Ended | None:
     status = pod.get("status") or {}
     for condition in status.get("conditions") or ():
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
             reason = condition.get("reason") or "DisruptionTarget"
-            return WorkerOutcome.DISRUPTED, f"pod disrupted ({reason})", None
+            return _Ended(WorkerOutcome.DISRUPTED, f"pod disrupted ({reason})")
     for container in status.get("containerStatuses") or ():
         terminated = (container.get("state") or {}).get("terminated")
         if not terminated:
             continue
         code, reason = terminated.get("exitCode"), terminated.get("reason") or ""
-        when = parse_time(terminated.get("finishedAt"))
+        when, message = parse_time(terminated.get("finishedAt")), terminated.get("message") or ""
         if reason == "OOMKilled":
-            return WorkerOutcome.OOM_KILLED, f"OOMKilled (exit {code})", when
+            return _Ended(WorkerOutcome.OOM_KILLED, f"OOMKilled (exit {code})", when, code)
         if code == 0:
-            return WorkerOutcome.SUCCEEDED, "exit 0", when
-        return WorkerOutcome.FAILED, f"{reason or 'Error'} (exit {code})", when
+            return _Ended(WorkerOutcome.SUCCEEDED, "exit 0", when, 0)
+        detail = f"{reason or 'Error'} (exit {code})"
+        return _Ended(WorkerOutcome.FAILED, detail, when, code, str(message))
     if status.get("phase") == "Failed":
-        return WorkerOutcome.FAILED, status.get("reason") or "pod failed", None
+        return _Ended(WorkerOutcome.FAILED, status.get("reason") or "pod failed")
     return None
 
 
@@ -210,11 +230,9 @@ def view_jobs(
         outcome, detail, finished = WorkerOutcome.RUNNING, "", None
         own_pods = pods_by_job.get(name, [])
         scheduled, started, trouble = _starts(own_pods)
-        for pod in own_pods:
-            seen = _pod_outcome(pod)
-            if seen is not None:
-                outcome, detail, finished = seen
-                break
+        seen = next(filter(None, map(_pod_outcome, own_pods)), None)
+        if seen is not None:
+            outcome, detail, finished = seen.outcome, seen.detail, seen.at
         end = job_end(job)
         if end is not None:
             finished = finished or end.at
@@ -240,6 +258,8 @@ def view_jobs(
                 scheduled=scheduled,
                 started_at=started,
                 trouble=trouble,
+                exit_code=seen.exit_code if seen else None,
+                message=seen.message if seen else "",
                 images=int((meta.get("annotations") or {}).get(ANNOTATION_IMAGES, 0)),
             )
         )

@@ -140,7 +140,7 @@ async def reconcile(
             )
         )
     # the API calls of a tick go out together: each is a round trip to the API server
-    gone = settlement.forget + [s.job for s in found]
+    gone = list(dict.fromkeys([*settlement.forget, *(s.job for s in found)]))
     await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in gone))
     active = [j for j in jobs if not j.finished and j.name not in gone]
 

@@ -154,6 +154,7 @@ def build_register_job(scan: ScanRef, spec: FaceScanSpec, name: str) -> dict[str
         "imagePullPolicy": spec.detector.image_pull_policy,
         "command": ["facescan"],
         "args": ["register", spec.library.mount_path, "--library", library, "--json"],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": [
             {
                 "name": "FACESCAN_DSN",

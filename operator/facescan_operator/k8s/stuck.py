@@ -19,6 +19,10 @@ counts from its creationTimestamp):
   room for a cluster autoscaler, and only while no other Job of this FaceScan holds a
   node of the same pool; while one does, the pod is queueing behind our own pods and
   will be scheduled when they end.
+- ``DetectorCannotStart``: its detector ran and exited 2, saying it cannot start (its
+  settings, model files missing from the image), before starting any image: at once,
+  with its last log line (terminated.message). Its hold ends only when a later Job of
+  the pool ends otherwise, not as soon as one runs.
 
 A stuck Job is handled once, in the tick that finds it (the lease it holds tells that it
 was not handled yet): its images go back to the queue uncharged (nothing ran), the Job is
@@ -50,7 +54,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from facescan_operator.k8s.holds import ALL_POOLS, Stuck
+from facescan_operator.k8s.holds import ALL_POOLS, DETECTOR_CANNOT_START, Stuck
 from facescan_operator.k8s.observe import (
     FAILED_CREATE,
     UNSCHEDULABLE,
@@ -58,6 +62,7 @@ from facescan_operator.k8s.observe import (
     PodTrouble,
     creation_refusal,
 )
+from facescan_operator.loop import last_words
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
 
@@ -104,6 +109,10 @@ def find(
     holding = {j.pool for j in jobs if j.scheduled and not j.finished}
     stuck = []
     for job in jobs:
+        if job.cannot_start and not job.deleting:
+            why = last_words(job.message) or job.detail
+            stuck.append(Stuck(job.name, job.pool, DETECTOR_CANNOT_START, why, job.pool))
+            continue
         if job.finished or job.suspended or job.deleting:
             continue
         trouble = job.trouble if job.pods else refused.get(job.name)

@@ -106,6 +106,33 @@ async def test_an_image_no_node_can_pull_is_reported_and_its_images_handed_back(
     await assert_nothing_charged(queue, dsn, library)
 
 
+async def test_a_detector_that_cannot_start_holds_its_pool_instead_of_a_job_a_tick(
+    cluster: Kube, operator: Operator, queue: Queue, photos: Path, dsn: str, library: str
+) -> None:
+    """InsightFace on an image without its model files: the detector exits 2 (cannot
+    start); its pod's status keeps its last log lines (FallbackToLogsOnError)."""
+    await register(queue, library, photos, ALL)
+    await operator.start()
+    scan = facescan("photos", parallelism=2, batchSize=3)
+    scan["spec"]["cascade"] = [{"model": "insightface", "scale": 1.0}]
+    await apply(cluster, scan)
+
+    condition = await poll(lambda: degraded(cluster), 90, "Degraded")
+    assert condition["reason"] == "DetectorCannotStart"
+    assert "InsightFace model directory" in condition["message"], condition
+    warned = await poll(lambda: events(cluster, "PodsCannotStart"), 30, "PodsCannotStart")
+    assert "DetectorCannotStart" in warned[0]["message"]
+    assert "nothing ran" in warned[0]["message"]
+    await poll(lambda: not jobs(cluster, "photos"), 30, "the failed Jobs to be deleted")
+    await assert_nothing_charged(queue, dsn, library)
+    # held back for a minute: not one failing Job after another (the older worker's loop)
+    made = len(created_jobs(cluster))
+    await asyncio.sleep(6)
+    assert len(created_jobs(cluster)) == made <= 2
+    assert phase(cluster, "photos") == "Degraded"
+    await assert_nothing_charged(queue, dsn, library)
+
+
 @pytest.mark.slow
 async def test_a_batch_too_large_for_every_node_moves_down_the_cascade(
     cluster: Kube,

@@ -75,11 +75,26 @@ def test_a_model_that_cannot_start_exits_4_with_the_reason(dsn: str, tmp_path: P
     images = fetch(dsn, "SELECT state, attempts FROM facescan.images ORDER BY path")
     assert [(r["state"], r["attempts"]) for r in images] == [("pending", 0)] * 2
 
-    # right after, nothing is runnable yet: the scan says when it will be, not just
-    # "2 pending"
+    # nothing was tried (the model is loaded before any image starts), so the next scan
+    # meets the same reason rather than images waiting for a retry
+    assert fetch(dsn, "SELECT count(*) FROM facescan.attempts")[0][0] == 0
     again = facescan(
         "scan", library, "--model", "insightface", "--model-dir", missing, dsn=dsn, timeout=120
     )
+    assert again.returncode == 4, again.stderr
+    assert f"InsightFace model directory {missing} does not exist" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_scan_says_when_the_images_waiting_for_a_retry_are_due(dsn: str, tmp_path: Path) -> None:
+    library = tmp_path / "photos"
+    copy_samples(library, ["obama.jpg"])
+    (library / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
+    first = facescan("scan", library, "--model", "hog", dsn=dsn, timeout=120)
+    assert first.returncode == 0, first.stderr
+    # right after, nothing is runnable yet: the scan says when it will be, not just
+    # "1 pending"
+    again = facescan("scan", library, "--model", "hog", dsn=dsn, timeout=120)
     assert again.returncode == 0, again.stderr
     assert "pending images wait for their retry back-off, the first until " in again.stdout
     assert "`facescan requeue` to retry them now" in again.stdout

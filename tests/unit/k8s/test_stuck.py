@@ -6,6 +6,7 @@ kubelet), no cluster and no database.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s.holds import (
     ALL_POOLS,
+    DETECTOR_CANNOT_START,
     EVENT_MOVED_DOWN,
     EVENT_RECOVERED,
     EVENT_STUCK,
@@ -60,6 +62,8 @@ def job(
     scheduled: bool = False,
     started_at: datetime | None = None,
     outcome: WorkerOutcome = WorkerOutcome.RUNNING,
+    exit_code: int | None = None,
+    message: str = "",
 ) -> JobView:
     return JobView(
         name,
@@ -75,6 +79,8 @@ def job(
         scheduled=scheduled,
         started_at=started_at,
         trouble=trouble,
+        exit_code=exit_code,
+        message=message,
     )
 
 
@@ -382,3 +388,45 @@ def test_the_breaker_and_a_hold_share_one_degraded_condition() -> None:
     healthy = status_of(counts, 1, False, CircuitBreaker(), True, status, NOW)
     (cond,) = [c for c in healthy["conditions"] if c["type"] == "Degraded"]
     assert (cond["status"], cond["reason"], healthy["phase"]) == ("False", "Healthy", "Running")
+
+
+# --- a detector that cannot start -------------------------------------------------------
+
+CANNOT_START_LOG = (
+    "2026-12-03 12:00:01,250 INFO facescan.detector: claimed 3 images of t/photos\n"
+    "2026-12-03 12:00:01,900 ERROR facescan.detector: detector cannot start: InsightFace "
+    "model directory /models does not exist\n"
+)
+
+
+def cannot_start(name: str, **kw: Any) -> JobView:
+    kw.setdefault("started_at", NOW - timedelta(seconds=3))
+    return job(name, outcome=WorkerOutcome.FAILED, exit_code=2, message=CANNOT_START_LOG, **kw)
+
+
+def test_a_detector_that_cannot_start_makes_its_job_stuck_with_its_last_words() -> None:
+    crashed = job("crash", outcome=WorkerOutcome.FAILED, exit_code=1, message="Traceback")
+    gone = replace(cannot_start("deleting"), deleting=True)
+    (found,) = find([cannot_start("j1"), crashed, gone], {}, NOW, 6)
+    assert (found.job, found.reason, found.scope) == ("j1", DETECTOR_CANNOT_START, "gpu")
+    assert found.message == (
+        "detector cannot start: InsightFace model directory /models does not exist"
+    )
+    assert not found.move_down
+
+
+def test_a_cannot_start_hold_ends_only_when_a_later_job_ends_otherwise() -> None:
+    stuck = Stuck("j1", "gpu", DETECTOR_CANNOT_START, "detector cannot start: x", "gpu")
+    (hold,), events = update_holds([], [], [stuck], {"j1": 0}, ["gpu"], NOW)
+    assert hold.retry_at == NOW + timedelta(seconds=60)
+    assert "nothing ran, its images stay in the queue uncharged" in events[0][2]
+    later = NOW + timedelta(seconds=70)
+    probe = job("probe", started_at=NOW + timedelta(seconds=65))
+    # its pod running proves nothing: the detector exits 2 seconds after it starts
+    assert update_holds([hold], [probe], [], {}, ["gpu"], later) == ([hold], [])
+    failed = cannot_start("probe", started_at=NOW + timedelta(seconds=65))
+    assert update_holds([hold], [failed], [], {}, ["gpu"], later) == ([hold], [])
+    done = replace(probe, outcome=WorkerOutcome.SUCCEEDED, exit_code=0)
+    kept, events = update_holds([hold], [done], [], {}, ["gpu"], later)
+    assert kept == []
+    assert [why for _, why, _ in events] == [EVENT_RECOVERED]
