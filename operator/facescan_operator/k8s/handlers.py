@@ -9,10 +9,8 @@ database.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -21,8 +19,9 @@ from pydantic import ValidationError
 from facescan_operator.k8s import metrics
 from facescan_operator.k8s.jobs import ScanRef, scan_labels
 from facescan_operator.k8s.kube import SecretError
-from facescan_operator.k8s.policy import AdminPolicy, PolicyViolation, enforce
+from facescan_operator.k8s.policy import PolicyViolation, enforce
 from facescan_operator.k8s.reconcile import changed, reconcile
+from facescan_operator.k8s.settings import OperatorSettings
 from facescan_operator.k8s.spec import GROUP, PLURAL, VERSION, FaceScanSpec
 from facescan_operator.k8s.state import ScanState, Shared, scan_state, shared
 from facescan_operator.k8s.status import unreachable, with_generation
@@ -30,28 +29,27 @@ from facescan_operator.sizing import CalibrationTable
 from facescan_queue.errors import DatabaseUnavailable, QueueError
 from facescan_queue.repository import Queue
 
-INTERVAL_S = float(os.environ.get("FACESCAN_RECONCILE_INTERVAL_S", "10"))
-CALIBRATION = CalibrationTable.load(
-    Path(os.environ["FACESCAN_CALIBRATION"]) if os.environ.get("FACESCAN_CALIBRATION") else None
-)
+SETTINGS = OperatorSettings()
+"""As the module is imported: kopf's timer decorator takes the interval then."""
+INTERVAL_S = SETTINGS.reconcile_interval_s
+CALIBRATION = CalibrationTable.load(SETTINGS.calibration)
 
 log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # the admin's policy (FACESCAN_POLICY_*): a wrong one stops the operator at its start
-    memo.shared = Shared(AdminPolicy())
+    # read again at the start (the rest as set now); a wrong policy stops the operator
+    started = OperatorSettings()
+    memo.shared = Shared(started.policy)
     log.info("admin policy: %s", memo.shared.policy.model_dump_json(by_alias=True))
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
-    # 0.0.0.0 in a pod, for Prometheus; 127.0.0.1 keeps them on this machine; port 0: none
-    port = int(os.environ.get("FACESCAN_METRICS_PORT", "8080"))
-    if port:
+    if started.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr=os.environ.get("FACESCAN_METRICS_ADDRESS", "0.0.0.0"))
+        start_http_server(started.metrics_port, addr=started.metrics_address)
 
 
 @kopf.on.cleanup()
