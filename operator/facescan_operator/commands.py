@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -377,26 +379,18 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _sum(statuses: Any) -> QueueStatus:
-    fields = (
-        "images",
-        "pending",
-        "leased",
-        "done",
-        "degraded",
-        "retrying",
-        "dead",
-        "faces",
-        "missing",
-    )
-    totals = dict.fromkeys(fields, 0)
-    by_type: dict[str, int] = {}
+_COUNTS = tuple(f.name for f in fields(QueueStatus) if f.name != "by_error_type")
+"""QueueStatus's counters, read from the class: one it gains is summed too."""
+
+
+def _sum(statuses: Iterable[QueueStatus]) -> QueueStatus:
+    totals = dict.fromkeys(_COUNTS, 0)
+    by_type: Counter[str] = Counter()
     for s in statuses:
-        for f in fields:
-            totals[f] += getattr(s, f)
-        for k, v in s.by_error_type.items():
-            by_type[k] = by_type.get(k, 0) + v
-    return QueueStatus(**totals, by_error_type=by_type)
+        for name in _COUNTS:
+            totals[name] += getattr(s, name)
+        by_type.update(s.by_error_type)
+    return QueueStatus(**totals, by_error_type=dict(by_type))
 
 
 async def status(queue: Queue, _dsn: str) -> tuple[QueueStatus, dict[str, QueueStatus]]:

@@ -87,7 +87,11 @@ class Worker:
 
     def last_line(self) -> str:
         """The last line of its log, without the log prefix."""
-        return last_words(tail(self.log_path)) or "no output"
+        try:
+            log = self.log_path.read_text(errors="replace")
+        except OSError:
+            log = ""
+        return last_words(log) or "no output"
 
 
 def start(
@@ -163,11 +167,3 @@ def default_detector() -> Sequence[str]:
     if beside.exists():
         return (str(beside),)
     return (sys.executable, "-m", "facescan_detector.cli")
-
-
-def tail(path: Path, limit: int = 300) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no output"
-    return lines[-1][-limit:] if lines else "no output"

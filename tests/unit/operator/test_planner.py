@@ -6,16 +6,9 @@ import pytest
 
 from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
 from facescan_operator.sizing import MIB, CalibrationTable, memory_bytes
+from facescan_queue.defaults import CNN_CASCADE
 from facescan_queue.models import GroupCount
 
-CNN_CASCADE = (
-    ("cnn", 1.0),
-    ("cnn", 0.75),
-    ("cnn", 0.5),
-    ("cnn", 0.33),
-    ("cnn", 0.25),
-    ("hog", 1.0),
-)
 TABLE = CalibrationTable.default()
 
 
