@@ -47,12 +47,13 @@ from queue_bench import _faces, _images  # noqa: E402
 
 from facescan_devcluster import controlplane  # noqa: E402
 from facescan_operator.breaker import CircuitBreaker  # noqa: E402
+from facescan_operator.k8s.decide import policy_of  # noqa: E402
 from facescan_operator.k8s.jobs import ScanRef  # noqa: E402
-from facescan_operator.k8s.reconcile import Outcome, policy_of, reconcile  # noqa: E402
+from facescan_operator.k8s.reconcile import Outcome, reconcile  # noqa: E402
 from facescan_operator.k8s.spec import FaceScanSpec  # noqa: E402
 from facescan_operator.sizing import CalibrationTable  # noqa: E402
 from facescan_queue.migrate import migrate  # noqa: E402
-from facescan_queue.models import DetectionResult  # noqa: E402
+from facescan_queue.models import DetectionResult, LibraryPolicy  # noqa: E402
 from facescan_queue.repository import Queue  # noqa: E402
 from facescan_queue.settings import DatabaseSettings  # noqa: E402
 from tests.e2e.k8s.cluster import ApiError, Kube  # noqa: E402
@@ -325,6 +326,7 @@ async def _ticks(
     most_jobs = 0
     oom_seen_tick = rescheduled_tick = None
     finished_within_ttl = 0
+    written: LibraryPolicy | None = None
     for tick in range(args.ticks):
         # first half: every Job ends before the next tick (the most API calls a tick makes:
         # parallelism Jobs deleted and as many created); second half: Jobs at work
@@ -335,8 +337,9 @@ async def _ticks(
         TimedApi.spent = {}
         started = time.perf_counter()
         outcome: Outcome = await reconcile(
-            scan, spec, queue, kube, breaker, status, calibration=calibration
+            scan, spec, queue, kube, breaker, status, calibration=calibration, written=written
         )
+        written = outcome.written
         elapsed = time.perf_counter() - started
         if phase != "between":
             times[phase].append(elapsed)

@@ -34,8 +34,8 @@ from facescan_operator.embedded_db import (
     EmbeddedDatabaseError,
     default_data_dir,
 )
-from facescan_operator.local import DetectorsCannotRun
 from facescan_operator.registration import RegistrationRefused
+from facescan_operator.workers import DetectorsCannotRun
 from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
 from facescan_queue.errors import InvalidArgument, QueueError, UnknownImage, UnknownLibrary
 from facescan_queue.migrate import grant_library, migrate, migrate_if_owner

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from facescan_operator.local import Libraries, LocalOptions, LocalRunner
+from facescan_operator.loop import Policy
 from facescan_operator.memlimit import MemoryLimiter
-from facescan_operator.planner import PlanSettings
 from facescan_operator.registration import RegistrationRefused, read_header, register_root
 from facescan_operator.sizing import MIB, CalibrationTable
 from facescan_queue import defaults
@@ -261,17 +261,16 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
             # each attempt either steps down the cascade or burns one of the image's attempts
             process_bound += (s.images - s.done - s.dead) * (len(cascade) + library.max_attempts)
         libraries.roots[name] = root
-        libraries.settings[name] = PlanSettings(
+        libraries.policies[name] = Policy(
             cascade=cascade,
             batch_size=options.batch_size,
+            workers=options.workers,
             max_dimension=options.max_dimension,
             calibration=CalibrationTable.default(),
         )
     limiter = MemoryLimiter.detect()
     local = LocalOptions(
         workers=options.workers,
-        batch_size=options.batch_size,
-        max_dimension=options.max_dimension,
         memory_limit=options.memory_limit,
         memory_budget=_memory_budget(),
         image_timeout_s=options.image_timeout_s,

@@ -1,9 +1,10 @@
 """The local runner: the control loop of `facescan scan`, with detector subprocesses.
 
-Each tick observes (ended workers, expired leases, recent outcomes, runnable groups),
-decides with the same pure functions as the operator (loop.settle, loop.unclaimed,
-planner.plan) and applies: it hands back the leases of ended workers and starts
-`facescan-detector run` subprocesses (workers.py) under their memory limits. A worker is
+Each tick observes each library (its workers, their leases, the recent outcomes, the
+runnable groups), decides with the same pure function as the operator (loop.decide) and
+applies the plan through this runner's side of the loop's Runner port: it hands back
+the leases of ended workers and starts `facescan-detector run` subprocesses
+(workers.py) under their memory limits. A worker is
 started for an assignment and its detector claims its own batch, as a Job's does. A
 worker killed for memory charges ``oom`` to the image it had started, which moves to the
 next cascade step and is planned again on the next tick; a worker that died otherwise
@@ -28,16 +29,17 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from facescan_operator import loop, workers
 from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.memlimit import MemoryLimiter
-from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, plan
+from facescan_operator.planner import BatchPlan
+from facescan_operator.settlement import Release
 from facescan_operator.sizing import MIB
-from facescan_operator.workers import Assignment, Worker
+from facescan_operator.workers import Assignment, DetectorsCannotRun, Worker
 from facescan_queue.errors import DatabaseUnavailable
 from facescan_queue.models import Released
 from facescan_queue.outage import wait_out
@@ -49,18 +51,13 @@ TICK_S = 0.25
 RECLAIM_EVERY_S = 2.0
 
 
-class DetectorsCannotRun(Exception):
-    """The run cannot make progress: its detectors cannot start, or it has started the
-    most detector processes it may (``LocalOptions.max_processes``)."""
-
-
 @dataclass(frozen=True)
 class LocalOptions:
     workers: int
-    batch_size: int
-    max_dimension: int
+    """Most detector processes at once, all libraries together."""
     memory_limit: int | None
     memory_budget: int | None
+    """Total memory of the running detectors, all libraries together."""
     lease_seconds: int = 120
     image_timeout_s: float = 300.0
     model_dir: Path | None = None
@@ -74,10 +71,10 @@ class LocalOptions:
 
 @dataclass
 class Libraries:
-    """The libraries this run works on: name -> root directory."""
+    """The libraries this run works on: name -> root directory, and its policy."""
 
     roots: dict[str, Path]
-    settings: dict[str, PlanSettings]
+    policies: dict[str, loop.Policy]
 
 
 class LocalRunner:
@@ -97,18 +94,19 @@ class LocalRunner:
         self.on_tick = on_tick
         self.workers: dict[str, Worker] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.policies: dict[str, loop.Policy] = {}
         self.events: list[str] = []
         self._serial = 0
         self._prefix = f"local-{socket.gethostname()}-{os.getpid()}"
         workers.sweep_logs_of_dead_runs()
         self._logs = Path(tempfile.mkdtemp(prefix=f"{workers.LOGS_PREFIX}{os.getpid()}-"))
         self._last_reclaim = 0.0
-        self._startup_failures = 0
-        """Detectors in a row that died before starting any image."""
+        self._startup = workers.Startup(options.startup_failure_budget, options.memory_limit)
         self._processes = 0
 
     async def run(self, libraries: Libraries) -> None:
         """Reconciles until nothing is runnable now and no worker is left."""
+        self.policies = libraries.policies
         for name in libraries.roots:
             self.breakers[name] = CircuitBreaker()
         try:
@@ -131,7 +129,6 @@ class LocalRunner:
         self._event(f"database unavailable, waiting {delay:.0f} s: {exc}")
 
     async def _tick(self, libraries: Libraries) -> bool:
-        await self._reap()
         now = time.monotonic()
         if now - self._last_reclaim >= RECLAIM_EVERY_S:
             self._last_reclaim = now
@@ -141,45 +138,56 @@ class LocalRunner:
                         f"lease {released.owner} expired: {released.released} images "
                         "returned" + (" (1 charged crash)" if released.charged_image else "")
                     )
-        runnable_anywhere = False
+        runnable = False
         for name, root in libraries.roots.items():
-            breaker = self.breakers[name]
-            outcomes = await self.queue.recent_outcomes(
-                name, window=breaker.window, after_id=breaker.after_id
-            )
-            was = breaker.state
-            breaker.observe(outcomes, now)
-            if breaker.state != was:
-                self._event(f"circuit breaker {breaker.state}: {breaker.reason}".rstrip(": "))
-            # the leases before the groups: a worker that claims in between is counted
-            # twice (this tick plans less), never not at all
-            leased = {lease.owner for lease in await self.queue.leases(name)}
-            cap = max(1, self.options.workers * self.options.batch_size * 2)
-            mine = [w for w in self.workers.values() if w.library == name]
-            groups = loop.unclaimed(
-                await self.queue.runnable_groups(name, cap=cap), [w.view() for w in mine], leased
-            )
-            runnable_anywhere = runnable_anywhere or bool(groups)
-            capacity = Capacity(
-                workers=self.options.workers - (len(self.workers) - len(mine)),
-                memory_bytes=self._budget_left(name),
-                worker_memory_cap=self.options.memory_limit,
-            )
-            allowed = breaker.allowed(now)
-            running = [w.running() for w in mine]
-            for batch in plan(groups, running, capacity, libraries.settings[name], allowed=allowed):
-                self._start(name, root, batch)
-                if allowed == 1:
-                    breaker.probe_started()
-        return runnable_anywhere or bool(self.workers)
+            plan = loop.decide(self._policy(name), await self._observe(name))
+            if plan.launches or plan.releases:
+                log.debug("%s: %s", name, "; ".join(plan.lines()))
+            done = await loop.apply(plan, _Adapter(self, name, root))
+            if plan.probe and done.launched:
+                self.breakers[name].probe_started()
+            if done.refused is not None:
+                raise done.refused
+            runnable = runnable or plan.runnable
+        return runnable or bool(self.workers)
 
-    def _budget_left(self, library: str) -> int | None:
-        if self.options.memory_budget is None:
-            return None
-        others = sum(w.batch.memory_bytes for w in self.workers.values() if w.library != library)
-        return self.options.memory_budget - others
+    async def _observe(self, library: str) -> loop.Observation:
+        breaker = self.breakers[library]
+        outcomes = await self.queue.recent_outcomes(
+            library, window=breaker.window, after_id=breaker.after_id
+        )
+        was, now = breaker.state, datetime.now(UTC)
+        breaker.observe(outcomes, time.monotonic())
+        if breaker.state != was:
+            self._event(f"circuit breaker {breaker.state}: {breaker.reason}".rstrip(": "))
+        mine = [w for w in self.workers.values() if w.library == library]
+        # the leases before the groups: a worker that claims in between is counted
+        # twice (this tick plans less), never not at all
+        leases = [
+            lease for lease in await self.queue.leases(library) if lease.owner in self.workers
+        ]
+        cap = max(1, self.options.workers * self.policies[library].batch_size * 2)
+        return loop.Observation(
+            now,
+            [w.view(now) for w in mine],
+            leases,
+            await self.queue.runnable_groups(library, cap=cap),
+            breaker.allowed(time.monotonic()),
+        )
 
-    def _start(self, library: str, root: Path, batch: BatchPlan) -> None:
+    def _policy(self, library: str) -> loop.Policy:
+        """The library's policy with its share of the machine this tick: the workers and
+        the memory the other libraries' workers leave, each worker's memory capped."""
+        others = [w for w in self.workers.values() if w.library != library]
+        budget = self.options.memory_budget
+        return replace(
+            self.policies[library],
+            workers=self.options.workers - len(others),
+            memory_budget=None if budget is None else budget - sum(w.memory for w in others),
+            worker_memory_cap=self.options.memory_limit,
+        )
+
+    def _start(self, library: str, root: Path, batch: BatchPlan, policy: loop.Policy) -> str:
         bound = self.options.max_processes
         if bound is not None and self._processes >= bound:
             raise DetectorsCannotRun(
@@ -193,7 +201,7 @@ class LocalRunner:
         command = [
             *(o.detector_command or workers.default_detector()),
             *("run", "--owner", owner, "--root", str(root)),
-            *("--max-dimension", str(o.max_dimension), "--timeout", str(o.image_timeout_s)),
+            *("--max-dimension", str(policy.max_dimension), "--timeout", str(o.image_timeout_s)),
             *("--lease-seconds", str(o.lease_seconds), "--model", batch.model),
             *("--threads", str(workers.threads_each(o.workers))),
             *(("--model-dir", str(o.model_dir)) if o.model_dir is not None else ()),
@@ -213,32 +221,7 @@ class LocalRunner:
             batch.size_class,
             batch.memory_bytes // MIB,
         )
-
-    async def _reap(self) -> None:
-        """Settles the workers that ended, as the operator settles ended Jobs (loop.settle)."""
-        ended = {o: w for o, w in self.workers.items() if w.process.poll() is not None}
-        if not ended:
-            return
-        now = datetime.now(UTC)
-        leases = []
-        for library in {w.library for w in ended.values()}:
-            leases += [lease for lease in await self.queue.leases(library) if lease.owner in ended]
-        settlement = loop.settle([w.view(now) for w in ended.values()], leases, now, timedelta(0))
-        # each worker is forgotten only once its lease is handed back: while the database
-        # is down this raises, and the next tick settles the rest (else they stay leased)
-        for release in settlement.releases:
-            worker = ended[release.owner]
-            released = await self.queue.release(
-                release.owner, charge=release.charge, error=release.reason
-            )
-            if released.charged_image is not None:
-                self._event(
-                    f"{release.owner}: {release.reason}; its image in progress was charged "
-                    f"{release.charge}, {released.released} others returned untouched"
-                )
-            self._forget(worker, released)
-        for owner in settlement.forget:
-            self._forget(ended[owner], None)
+        return owner
 
     def _forget(self, worker: Worker, released: Released | None) -> None:
         """Drops an ended worker, its lease (if it held one at its end) ``released``."""
@@ -249,36 +232,11 @@ class LocalRunner:
         charged = released is not None and released.charged_image is not None
         if not charged and code not in (0, *workers.DETECTOR_ON_AN_IMAGE):
             self._event(f"{worker.owner} exited with {code}: {last}")
-        self._judge_startup(worker, code, released, last, oom)
-
-    def _judge_startup(
-        self, worker: Worker, code: int, released: Released | None, last: str, oom: bool
-    ) -> None:
-        """Ends the run (DetectorsCannotRun) when its detectors cannot start. A worker
-        started no image if it ended before claiming (no lease) or with its lease held
-        and no image in progress (so killed loading its model, say), unless its exit
-        status says an image ended it."""
-        if code == loop.DETECTOR_CANNOT_START:
-            raise DetectorsCannotRun(f"the detector cannot start: {last}")
-        fine = (0, workers.DETECTOR_UNAVAILABLE, *workers.DETECTOR_ON_AN_IMAGE)
-        if code in fine or (released is not None and released.charged_image is not None):
-            self._startup_failures = 0
-            return
-        self._startup_failures += 1
-        if self._startup_failures < self.options.startup_failure_budget:
-            return
-        how = f"exited with {code}" if code >= 0 else f"killed by signal {-code}"
-        if oom:
-            how = f"killed for memory at its {worker.slot.limit_bytes // MIB} MiB limit"
-        limit = self.options.memory_limit
-        raise DetectorsCannotRun(
-            f"{self._startup_failures} detectors in a row died before starting any image "
-            f"(the last {how}: {last})"
-            + (
-                f"; is --memory-limit {limit // MIB} MiB enough for a detector to load its model?"
-                if limit is not None
-                else ""
-            )
+        self._startup.judge(
+            code,
+            released is not None and released.charged_image is not None,
+            f"{worker.slot.limit_bytes // MIB} MiB" if oom else None,
+            last,
         )
 
     async def _stop_all(self) -> None:
@@ -297,3 +255,33 @@ class LocalRunner:
     def _event(self, message: str) -> None:
         self.events.append(message)
         log.warning(message)
+
+
+class _Adapter:
+    """The loop's Runner port for one library of a LocalRunner: a worker is a detector
+    subprocess, forgotten as soon as it ended and its lease (if any) is handed back."""
+
+    def __init__(self, runner: LocalRunner, library: str, root: Path) -> None:
+        self.runner, self.library, self.root = runner, library, root
+
+    async def release(self, release: Release) -> Released:
+        # a worker is forgotten only once its lease is handed back: while the database
+        # is down this raises, and the next tick settles it (else it stays leased)
+        runner = self.runner
+        released = await runner.queue.release(
+            release.owner, charge=release.charge, error=release.reason
+        )
+        if released.charged_image is not None:
+            runner._event(
+                f"{release.owner}: {release.reason}; its image in progress was charged "
+                f"{release.charge}, {released.released} others returned untouched"
+            )
+        runner._forget(runner.workers[release.owner], released)
+        return released
+
+    async def forget(self, worker: str) -> None:
+        self.runner._forget(self.runner.workers[worker], None)
+
+    async def launch(self, launch: loop.Launch) -> str:
+        policy = self.runner.policies[self.library]
+        return self.runner._start(self.library, self.root, launch.batch, policy)

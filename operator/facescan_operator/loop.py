@@ -1,148 +1,215 @@
-"""The control loop's decisions that do not depend on the runner: the operator (Jobs
-and pods, k8s/reconcile.py) and `facescan scan` (detector subprocesses, local.py)
-observe their workers as :class:`WorkerView` and both call :func:`settle`,
-:func:`unclaimed` and the planner (planner.plan) on what they saw. No I/O.
+"""One tick of the control loop, whichever the runner: the runner observes
+(:class:`Observation`: its workers as settlement.WorkerView, their leases, the runnable
+groups, the circuit breaker's word), :func:`decide` turns the library's :class:`Policy`
+and the observation into a :class:`Plan` (which leases to end and how, which ended
+workers to forget, which workers to launch on which pool: a value to print and test
+with tables), and :func:`apply` carries the plan out through the runner's
+:class:`Runner` port. The operator (k8s/reconcile.py: Jobs) and `facescan scan`
+(local.py: subprocesses) both run it; the operator adds its own steps around it
+(k8s/decide.py: stuck Jobs, the register Job, the status).
 
-The lease rule: a worker is launched for an assignment (library, cascade step, size
-class, batch size) and its detector claims its batch when it starts, so nothing is
-leased while a worker waits to run; until its lease exists, the images it will claim
-are spoken for (:func:`unclaimed`).
-
-The settlement rule: a worker that ended with its lease still held hands it back here.
-Killed for memory: the image it had started is charged ``oom`` (it moves to the next
-cascade step); disrupted (preempted, evicted, its node gone): nothing is charged; any
-other end: the image in progress is charged ``crash``. The rest of the batch goes back
-untouched. A lease whose worker is gone altogether is charged ``crash`` after
-``VANISHED_GRACE``.
+The lease rule and the settlement rule are settlement.py's.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
+from typing import Protocol
 
-from facescan_operator.sizing import MIB
-from facescan_queue.models import GroupCount, LeaseInfo
-from facescan_queue.types import ErrorType
-
-VANISHED_GRACE = timedelta(seconds=60)
-DETECTOR_CANNOT_START = 2
-"""`facescan-detector run`'s exit status when it cannot start (settings, model files):
-never an image's fault, and a worker started the same way fails the same way."""
-
-
-_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:,.]+ [A-Z]+ [\w.]+: ")
-"""The detector's log line prefix (time, level, logger), left out of a message."""
-
-
-def last_words(log: str, limit: int = 300) -> str:
-    """The last line of a detector's log, without its prefix: why it ended."""
-    lines = [line for line in log.splitlines() if line.strip()]
-    return _LOG_PREFIX.sub("", lines[-1])[-limit:] if lines else ""
-
-
-class WorkerOutcome(StrEnum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    OOM_KILLED = "oom-killed"
-    DISRUPTED = "disrupted"
-    FAILED = "failed"
+from facescan_operator.planner import BatchPlan, Capacity, PlanSettings, RunningBatch, plan
+from facescan_operator.settlement import Release, WorkerView, settle, unclaimed
+from facescan_operator.sizing import MIB, CalibrationTable
+from facescan_queue.models import GroupCount, LeaseInfo, Released
 
 
 @dataclass(frozen=True)
-class WorkerView:
-    """A detector worker as either runner sees it: a Job, or a local subprocess."""
+class Pool:
+    """Where workers run: a Kubernetes node pool, or this machine."""
 
     name: str
-    """Also the owner of its lease."""
-    step: int
-    size_class: int
+    models: frozenset[str] | None = None
+    """The models it serves; None: every model."""
+    max_workers: int | None = None
+    max_memory_bytes: int | None = None
+    """A worker on it gets at most this much memory (its images step down if short)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a library is worked, whichever the runner."""
+
+    cascade: tuple[tuple[str, float], ...]
+    batch_size: int
+    workers: int
+    """Most workers at once (a FaceScan's parallelism, `scan --workers`)."""
+    max_dimension: int
+    calibration: CalibrationTable
+    pools: tuple[Pool, ...] = (Pool("local"),)
+    keep: timedelta = timedelta(0)
+    """How long an ended worker with nothing to settle is kept before it is forgotten."""
+    memory_budget: int | None = None
+    """Total memory its running workers may be given; None for no budget."""
+    worker_memory_cap: int | None = None
+    suspend: bool = False
+
+    def pool_for(self, model: str) -> Pool:
+        return next(p for p in self.pools if p.models is None or model in p.models)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a runner saw of one library at the start of a tick."""
+
+    now: datetime
+    workers: Sequence[WorkerView]
+    leases: Sequence[LeaseInfo]
+    """The leases of this runner's workers only."""
+    groups: Sequence[GroupCount]
+    """Runnable images per (cascade step, size class), read after the leases."""
+    allowed: int | None = None
+    """The circuit breaker's word: None no limit, 0 nothing, 1 a probe of one image."""
+    present: Collection[str] = ()
+    """Workers that still run somewhere though the runner lost them (see settle)."""
+    returning: Sequence[GroupCount] = ()
+    """Images the runner's own steps of this tick move (a stuck Job's batch sent down
+    the cascade): planned now, as the images of the releases are."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    batch: BatchPlan
     pool: str
-    memory_bytes: int
-    outcome: WorkerOutcome
-    detail: str
-    """How it ended, in the runner's words ('OOMKilled', 'exit code 1: ...')."""
-    finished_at: datetime | None
-    images: int = 0
-    """The most images its detector claims when it starts (its batch)."""
 
-    @property
-    def finished(self) -> bool:
-        return self.outcome is not WorkerOutcome.RUNNING
+    def describe(self) -> str:
+        b = self.batch
+        return (
+            f"up to {b.limit} images, {b.model}@{b.scale:g}, {b.memory_bytes // MIB} MiB, "
+            f"pool {self.pool}"
+        )
 
 
 @dataclass(frozen=True)
-class Release:
-    owner: str
-    charge: ErrorType | None
-    reason: str
-    oom: bool = False
+class Plan:
+    """One tick's decisions for one library."""
+
+    releases: tuple[Release, ...] = ()
+    forget: tuple[str, ...] = ()
+    launches: tuple[Launch, ...] = ()
+    runnable: bool = False
+    """Images are runnable now (launched or waiting for room)."""
+    probe: bool = False
+    """The circuit breaker allowed one probe: a launch is it (breaker.probe_started)."""
+
+    def lines(self) -> list[str]:
+        """The plan as a person reads it (`facescan scan -v` logs it each tick)."""
+        return [
+            *(
+                f"release {r.owner}: charge {r.charge or 'nothing'} ({r.reason})"
+                for r in self.releases
+            ),
+            *(f"forget {name}" for name in self.forget),
+            *(
+                f"launch step {x.batch.step} size class {x.batch.size_class}: {x.describe()}"
+                for x in self.launches
+            ),
+        ]
 
 
-@dataclass(frozen=True)
-class Settlement:
-    releases: list[Release]
-    forget: list[str]
-    """Ended workers with nothing left to settle, kept at least ``keep`` (Jobs are
-    deleted, subprocesses forgotten)."""
+def decide(policy: Policy, seen: Observation) -> Plan:
+    """Pure: the plan of one tick. Ended workers are settled (:func:`settle`); the images
+    their releases hand back (the OOM culprit at the next cascade step) are planned in
+    this very tick with those runnable and not spoken for (:func:`unclaimed`); batches
+    go to the first pool serving their step's model, within each pool's limits."""
+    settlement = settle(seen.workers, seen.leases, seen.now, policy.keep, seen.present)
+    leases = {lease.owner: lease for lease in seen.leases}
+    back = [g for r in settlement.releases for g in _handed_back(r, leases[r.owner], policy)]
+    active = [w for w in seen.workers if not w.finished]
+    groups = unclaimed(_merged([*seen.groups, *seen.returning, *back]), active, leases)
+    launches = () if policy.suspend else tuple(_launches(policy, groups, active, seen.allowed))
+    return Plan(
+        tuple(settlement.releases),
+        tuple(settlement.forget),
+        launches,
+        bool(groups),
+        seen.allowed == 1,
+    )
 
 
-def settle(
-    workers: Sequence[WorkerView],
-    leases: Sequence[LeaseInfo],
-    now: datetime,
-    keep: timedelta,
-    present: Collection[str] = (),
-) -> Settlement:
-    """Which leases to end (and how to charge them) and which ended workers to forget.
-    ``leases``: the leases of this runner's workers only. ``present``: workers that
-    still run somewhere though the runner lost them (a Job deleted while its pod hands
-    its image back): their leases are not vanished."""
-    leased = {lease.owner: lease for lease in leases}
-    known = {worker.name for worker in workers}
-    releases, forget = [], []
-    for worker in workers:
-        if not worker.finished:
+def _handed_back(release: Release, lease: LeaseInfo, policy: Policy) -> list[GroupCount]:
+    """The images a release makes runnable at once: the batch but a charged image (which
+    waits for its retry), and an OOM culprit at the next step (no attempt charged there)."""
+    charged = release.charge is not None
+    back = [GroupCount(lease.step, lease.size_class, lease.images - int(charged))]
+    if release.oom and lease.step + 1 < len(policy.cascade):
+        back.append(GroupCount(lease.step + 1, lease.size_class, 1))
+    return [g for g in back if g.runnable > 0]
+
+
+def _merged(groups: Sequence[GroupCount]) -> list[GroupCount]:
+    counts: Counter[tuple[int, int]] = Counter()
+    for g in groups:
+        counts[(g.step, g.size_class)] += g.runnable
+    return [GroupCount(step, size, n) for (step, size), n in counts.items()]
+
+
+def _launches(
+    policy: Policy, groups: Sequence[GroupCount], active: Sequence[WorkerView], allowed: int | None
+) -> list[Launch]:
+    settings = PlanSettings(
+        policy.cascade, policy.batch_size, policy.max_dimension, policy.calibration
+    )
+    capacity = Capacity(policy.workers, policy.memory_budget, policy.worker_memory_cap)
+    running = [RunningBatch(w.name, w.step, w.size_class, w.memory_bytes) for w in active]
+    per_pool = Counter(w.pool for w in active)
+    chosen = []
+    for batch in plan(groups, running, capacity, settings, allowed=allowed):
+        pool = policy.pool_for(batch.model)
+        if pool.max_workers is not None and per_pool[pool.name] >= pool.max_workers:
             continue
-        if worker.name in leased:
-            releases.append(_release(worker))
-        elif worker.finished_at is None or now - worker.finished_at >= keep:
-            forget.append(worker.name)
-    for owner, lease in leased.items():
-        vanished = owner not in known and owner not in present
-        if vanished and now - lease.claimed_at >= VANISHED_GRACE:
-            gone = "its worker vanished (deleted, or its node is gone)"
-            releases.append(Release(owner, ErrorType.CRASH, gone))
-    return Settlement(releases, forget)
+        per_pool[pool.name] += 1
+        if pool.max_memory_bytes is not None and batch.memory_bytes > pool.max_memory_bytes:
+            batch = replace(batch, memory_bytes=pool.max_memory_bytes)
+        chosen.append(Launch(batch, pool.name))
+    return chosen
 
 
-def _release(worker: WorkerView) -> Release:
-    if worker.outcome is WorkerOutcome.OOM_KILLED:
-        limit = worker.memory_bytes // MIB
-        reason = f"killed for memory ({worker.detail}) at its {limit} MiB limit"
-        return Release(worker.name, ErrorType.OOM, reason, oom=True)
-    if worker.outcome is WorkerOutcome.DISRUPTED:
-        return Release(worker.name, None, worker.detail)
-    reason = f"detector ended ({worker.detail}) with the image in progress"
-    return Release(worker.name, ErrorType.CRASH, reason)
+class Runner(Protocol):
+    """What :func:`apply` needs of a runner."""
+
+    async def release(self, release: Release) -> Released: ...
+
+    async def forget(self, worker: str) -> None: ...
+
+    async def launch(self, launch: Launch) -> str:
+        """Starts a worker for the launch's assignment; its name (its lease's owner)."""
+        ...
 
 
-def unclaimed(
-    groups: Sequence[GroupCount], active: Sequence[WorkerView], leased: Collection[str]
-) -> list[GroupCount]:
-    """The runnable groups less the batches of active workers whose detector has not
-    claimed its own yet (waiting for Kueue, a node, an image pull, or just starting):
-    those images are spoken for, and a new worker for them would find nothing."""
-    waiting: dict[tuple[int, int], int] = {}
-    for worker in active:
-        if worker.name not in leased and not worker.finished:
-            key = (worker.step, worker.size_class)
-            waiting[key] = waiting.get(key, 0) + worker.images
-    left = [
-        GroupCount(g.step, g.size_class, g.runnable - waiting.get((g.step, g.size_class), 0))
-        for g in groups
-    ]
-    return [g for g in left if g.runnable > 0]
+@dataclass
+class Applied:
+    released: list[tuple[Release, Released]] = field(default_factory=list)
+    launched: list[tuple[str, Launch]] = field(default_factory=list)
+    refused: BaseException | None = None
+    """The first launch the runner refused (the others were still tried)."""
+
+
+async def apply(plan: Plan, runner: Runner) -> Applied:
+    """Carries a plan out: leases ended one by one (an outage stops it part way, and the
+    next tick settles the rest), then the forgotten workers and the launches together."""
+    done = Applied()
+    for release in plan.releases:
+        done.released.append((release, await runner.release(release)))
+    await asyncio.gather(*(runner.forget(name) for name in plan.forget))
+    results = await asyncio.gather(
+        *(runner.launch(launch) for launch in plan.launches), return_exceptions=True
+    )
+    for launch, result in zip(plan.launches, results, strict=True):
+        if isinstance(result, BaseException):
+            done.refused = done.refused or result
+        else:
+            done.launched.append((result, launch))
+    return done

@@ -1,5 +1,5 @@
 """The local runner's workers: `facescan-detector run` subprocesses under a memory limit
-(memlimit.py), seen by the loop as :class:`loop.WorkerView` as the operator sees Jobs.
+(memlimit.py), seen by the loop as :class:`settlement.WorkerView` as the operator sees Jobs.
 
 A worker is started for an assignment (library, cascade step, size class, batch size)
 and its detector claims its own batch when it starts, as a Job's does. Its log goes to a
@@ -20,9 +20,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from facescan_operator.loop import WorkerOutcome, WorkerView, last_words
 from facescan_operator.memlimit import Slot
-from facescan_operator.planner import BatchPlan, RunningBatch
+from facescan_operator.planner import BatchPlan
+from facescan_operator.settlement import (
+    DETECTOR_CANNOT_START,
+    WorkerOutcome,
+    WorkerView,
+    last_words,
+)
+from facescan_operator.sizing import MIB
 
 DETECTOR_UNAVAILABLE = 75
 """`facescan-detector run` exit status: database or library down (the breaker's concern)."""
@@ -63,9 +69,10 @@ class Worker:
     def batch(self) -> BatchPlan:
         return self.assignment.batch
 
-    def running(self) -> RunningBatch:
-        b = self.batch
-        return RunningBatch(self.owner, b.step, b.size_class, b.memory_bytes)
+    @property
+    def memory(self) -> int:
+        """The memory it was planned with (what it counts against a memory budget)."""
+        return self.batch.memory_bytes
 
     def view(self, now: datetime | None = None) -> WorkerView:
         """The worker as the loop sees it; an ended one says how it ended."""
@@ -167,3 +174,47 @@ def default_detector() -> Sequence[str]:
     if beside.exists():
         return (str(beside),)
     return (sys.executable, "-m", "facescan_detector.cli")
+
+
+class DetectorsCannotRun(Exception):
+    """The run cannot make progress: its detectors cannot start, or it has started the
+    most detector processes it may (``LocalOptions.max_processes``)."""
+
+
+class Startup:
+    """Whether a run's detectors can start at all: it ends the run (DetectorsCannotRun)
+    at a detector that says it cannot start, or after ``budget`` in a row died before
+    starting any image."""
+
+    def __init__(self, budget: int, memory_limit: int | None) -> None:
+        self.budget, self.memory_limit = budget, memory_limit
+        self.failures = 0
+        """Detectors in a row that died before starting any image."""
+
+    def judge(self, code: int, charged: bool, oom_at: str | None, last: str) -> None:
+        """An ended worker: its exit status, whether an image in progress was charged,
+        the memory limit it was killed at (if killed for memory) and its last log line.
+        It started no image if it ended before claiming (no lease) or with its lease held
+        and no image in progress (so killed loading its model, say), unless its exit
+        status says an image ended it."""
+        if code == DETECTOR_CANNOT_START:
+            raise DetectorsCannotRun(f"the detector cannot start: {last}")
+        if code in (0, DETECTOR_UNAVAILABLE, *DETECTOR_ON_AN_IMAGE) or charged:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures < self.budget:
+            return
+        how = f"exited with {code}" if code >= 0 else f"killed by signal {-code}"
+        if oom_at is not None:
+            how = f"killed for memory at its {oom_at} limit"
+        limit = self.memory_limit
+        raise DetectorsCannotRun(
+            f"{self.failures} detectors in a row died before starting any image "
+            f"(the last {how}: {last})"
+            + (
+                f"; is --memory-limit {limit // MIB} MiB enough for a detector to load its model?"
+                if limit is not None
+                else ""
+            )
+        )

@@ -144,6 +144,7 @@ async def reconcile_scan(
                 dict(status),
                 calibration=CALIBRATION,
                 attempt_clock=state.clock,
+                written=state.written,
             )
         except (DatabaseUnavailable, SecretError) as exc:
             # this FaceScan's own trouble, on this FaceScan: the operator serves the others
@@ -166,6 +167,7 @@ async def reconcile_scan(
             raise kopf.TemporaryError(str(exc), delay=60) from exc
         breaker.database_up()
         state.unreachable = None
+        state.written = outcome.written
         if outcome.attempt_clock is not None:
             state.clock = outcome.attempt_clock
         metrics.RECONCILE_SECONDS.labels(namespace, name).observe(time.monotonic() - started)

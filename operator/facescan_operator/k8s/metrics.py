@@ -20,6 +20,7 @@ ATTEMPTS = Counter(
     [*SCAN, "outcome", "type"],
 )
 ACTIVE_JOBS = Gauge("facescan_active_jobs", "Detector Jobs running", SCAN)
+QUEUED_JOBS = Gauge("facescan_queued_jobs", "Detector Jobs waiting for Kueue's admission", SCAN)
 JOBS_CREATED = Counter("facescan_jobs_created_total", "Detector Jobs created", [*SCAN, "pool"])
 OOM_KILLED = Counter("facescan_oom_killed_total", "Detector pods OOMKilled", SCAN)
 RECONCILE_SECONDS = Histogram("facescan_reconcile_seconds", "Duration of one reconcile", SCAN)
@@ -35,7 +36,7 @@ def record(
 ) -> None:
     counts = status.get("counts") or {}
     assert isinstance(counts, dict)
-    for state in ("pending", "leased", "done", "degraded", "retrying", "dead"):
+    for state in ("pending", "leased", "done", "degraded", "retrying", "dead", "missing"):
         IMAGES.labels(namespace, scan, state).set(counts.get(state, 0))
     FACES.labels(namespace, scan).set(counts.get("faces", 0))
     failing = counts.get("by_error_type") or {}
@@ -44,6 +45,7 @@ def record(
     for (outcome, error_type), n in attempts.items():
         ATTEMPTS.labels(namespace, scan, outcome, error_type or "").inc(n)
     ACTIVE_JOBS.labels(namespace, scan).set(int(str(status.get("activeJobs", 0))))
+    QUEUED_JOBS.labels(namespace, scan).set(int(str(status.get("queuedJobs", 0))))
     for _, pool in created:
         JOBS_CREATED.labels(namespace, scan, pool).inc()
     if oom_killed:
@@ -52,7 +54,8 @@ def record(
 
 def forget(namespace: str, scan: str) -> None:
     """Drops every series of a deleted FaceScan."""
-    for metric in (IMAGES, FACES, FAILING, ATTEMPTS, ACTIVE_JOBS, JOBS_CREATED, OOM_KILLED):
+    every = (IMAGES, FACES, FAILING, ATTEMPTS, ACTIVE_JOBS, QUEUED_JOBS, JOBS_CREATED, OOM_KILLED)
+    for metric in every:
         for labels in list(metric._metrics):
             if labels[:2] == (namespace, scan):
                 metric.remove(*labels)

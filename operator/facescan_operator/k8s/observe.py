@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes.utils import quantity
 
 from facescan_operator.k8s.jobs import ANNOTATION_IMAGES, LABEL_POOL, LABEL_SIZE_CLASS, LABEL_STEP
-from facescan_operator.loop import DETECTOR_CANNOT_START, WorkerOutcome, WorkerView
+from facescan_operator.settlement import DETECTOR_CANNOT_START, WorkerOutcome, WorkerView
 
 WAITING_TROUBLE = frozenset(
     {

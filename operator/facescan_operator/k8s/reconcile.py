@@ -1,50 +1,52 @@
-"""Reconcile one FaceScan: observe (queue, Jobs, pods) -> plan (pure) -> apply.
+"""Reconcile one FaceScan: observe -> decide (pure, k8s/decide.py) -> apply.
 
 Called by the kopf handlers on every timer tick and on create/update. Level-based: it
 reads everything it decides from the database and the API server each time, so it
 converges after an operator restart, a missed event or a deleted Job.
 
-Each tick: (1) settle ended Jobs: release their leases, charging ``oom`` to the image an
-OOMKilled pod had started, nothing for a disrupted (preempted, evicted) pod, ``crash``
-otherwise (a pod that exited 0 is charged only if an image is still in progress in the
-database); leases whose Job vanished are released too; expired leases are reclaimed;
-finished Jobs past their TTL are deleted; Jobs whose pods cannot be created or run are
-handed back uncharged and deleted, and hold back launching (stuck.py). (2) plan new
-batches with the same planner as the local runner (so an OOM culprit settled in (1) is
-rescheduled in this very tick) from the runnable images no waiting Job will claim, and
-create their Jobs, as far as the holds of (1) let them; each Job's detector claims its
-own batch when it starts, so a Job waiting for Kueue, a node or an image pull holds no
-lease. (3) compute the status.
+:func:`observe` reads the tick's :class:`ScanObservation` before anything is changed:
+the detector and register Jobs and their pods, why pods without a Job could not be
+created, this FaceScan's leases, the runnable groups (after the leases: a Job that
+claims in between is counted twice, so one tick plans less, never not at all), the
+recent outcomes (which the circuit breaker sees), the counts. decide_scan makes the
+:class:`ScanPlan`; :func:`apply` carries it out: the library's policy written if the
+spec changed, stuck Jobs handed back uncharged and deleted, then the runner-neutral
+plan through :class:`JobRunner` (leases of ended Jobs released and charged as the
+settlement rule says, Jobs past their TTL deleted, new Jobs created: each Job's
+detector claims its own batch when it starts, so a Job waiting for Kueue, a node or an
+image pull holds no lease), expired leases reclaimed, the register Job created or
+deleted. The status is the plan's.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from facescan_operator.breaker import BreakerState, CircuitBreaker
-from facescan_operator.k8s import holds as holding
+from facescan_operator import loop
+from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s import register, stuck
-from facescan_operator.k8s.decide import plan_batches as plan_batches
-from facescan_operator.k8s.decide import policy_of as policy_of
+from facescan_operator.k8s.decide import Event, ScanObservation, ScanPlan, decide_scan
 from facescan_operator.k8s.jobs import (
+    LABEL_COMPONENT,
+    LABEL_SCAN,
     JobBatch,
     ScanRef,
     batch_job_name,
     build_detector_job,
     owned_by,
+    scan_labels,
 )
+from facescan_operator.k8s.observe import pod_owners, view_jobs
 from facescan_operator.k8s.ports import KubeApi as KubeApi
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import changed as changed
 from facescan_operator.k8s.status import status_of as status_of
-from facescan_operator.loop import settle, unclaimed
-from facescan_operator.sizing import MIB, CalibrationTable
-from facescan_queue.models import (
-    AttemptClock,
-)
+from facescan_operator.settlement import Release
+from facescan_operator.sizing import CalibrationTable
+from facescan_queue.models import AttemptClock, LibraryPolicy, Released
 from facescan_queue.repository import Queue
 
 
@@ -53,13 +55,15 @@ class Outcome:
     """What one reconcile did, for the handler to report."""
 
     status: dict[str, Any]
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     created: list[tuple[str, str]] = field(default_factory=list)
     oom_killed: int = 0
     attempt_clock: AttemptClock | None = None
     """Where counting finished attempts stands after this tick (pass it to the next)."""
     attempts: dict[tuple[str, str | None], int] = field(default_factory=dict)
     """Attempts finished since the previous tick, by (outcome, failure type)."""
+    written: LibraryPolicy | None = None
+    """The library policy in the database after this tick, as this operator wrote it."""
 
 
 async def reconcile(
@@ -73,17 +77,35 @@ async def reconcile(
     calibration: CalibrationTable,
     now: datetime | None = None,
     attempt_clock: AttemptClock | None = None,
+    written: LibraryPolicy | None = None,
 ) -> Outcome:
-    """One level-based pass over a FaceScan; ``attempt_clock`` is the previous tick's."""
-    from facescan_operator.k8s.jobs import LABEL_COMPONENT, LABEL_SCAN, scan_labels
-    from facescan_operator.k8s.observe import pod_owners, view_jobs
-
+    """One level-based pass over a FaceScan; ``attempt_clock`` is the previous tick's,
+    ``written`` the library policy the previous tick left (None: write it)."""
     now = now or datetime.now(UTC)
+    seen = await observe(scan, spec, queue, kube, breaker, previous_status, now, written)
+    plan = decide_scan(spec, calibration, seen)
     library = spec.library_name(scan.namespace, scan.name)
-    events: list[tuple[str, str, str]] = []
-    await queue.ensure_library(library, policy_of(spec))
+    clock = await queue.attempt_clock(library)
+    attempts = await queue.attempt_outcomes(library, attempt_clock, clock) if attempt_clock else {}
+    outcome = Outcome(plan.status, plan.events, attempt_clock=clock, attempts=attempts)
+    outcome.written = plan.library or written
+    await apply(plan, JobRunner(scan, spec, queue, kube, library), breaker, outcome)
+    return outcome
 
-    # (1) settle what ended
+
+async def observe(
+    scan: ScanRef,
+    spec: FaceScanSpec,
+    queue: Queue,
+    kube: KubeApi,
+    breaker: CircuitBreaker,
+    previous_status: dict[str, Any],
+    now: datetime,
+    written: LibraryPolicy | None,
+) -> ScanObservation:
+    """Reads the tick's observation; changes nothing but the breaker, which sees the
+    recent outcomes."""
+    library = spec.library_name(scan.namespace, scan.name)
     labels = scan_labels(scan)
     pods = await kube.list_pods(scan.namespace, labels)
     # one list for the detector and the register Jobs, told apart by their component
@@ -97,32 +119,81 @@ async def reconcile(
     # this FaceScan's own leases only: another FaceScan (of this namespace) may scan the
     # same library, and its Jobs are not in this FaceScan's list
     leases = [lease for lease in await queue.leases(library) if owned_by(scan.name, lease.owner)]
-    settlement = settle(
-        jobs, leases, now, timedelta(seconds=spec.ttl_seconds_after_finished), pod_owners(pods)
+    cap = max(1, spec.parallelism * spec.batch_size * 2)
+    groups = await queue.runnable_groups(library, cap=cap)
+    outcomes = await queue.recent_outcomes(
+        library, window=breaker.window, after_id=breaker.after_id
     )
-    leased = {lease.owner for lease in leases}
-    found = stuck.find(jobs, refusals, now, len(spec.cascade))
-    views = {job.name: job for job in jobs}
-    returned = {
-        s.job: await stuck.hand_back(
+    was = breaker.state
+    breaker.observe(outcomes, now.timestamp())
+    return ScanObservation(
+        now=now,
+        jobs=jobs,
+        refusals=refusals,
+        present=pod_owners(pods),
+        leases=leases,
+        groups=groups,
+        counts=await queue.status(library),
+        register_jobs=register.view(by_component.get(register.COMPONENT, [])),
+        breaker=breaker,
+        breaker_was=was,
+        previous=previous_status,
+        written=written,
+    )
+
+
+class JobRunner:
+    """The loop's Runner port as Kubernetes Jobs: a worker is a detector Job."""
+
+    def __init__(
+        self, scan: ScanRef, spec: FaceScanSpec, queue: Queue, kube: KubeApi, library: str
+    ) -> None:
+        self.scan, self.spec, self.queue, self.kube, self.library = (
+            scan,
+            spec,
             queue,
+            kube,
             library,
-            s,
-            views[s.job],
-            leased=s.job in leased,
-            lease_seconds=spec.lease_seconds,
         )
-        for s in found
-    }
-    holds, held_events = holding.update_holds(
-        holding.holds_of(previous_status), jobs, found, returned, [p.name for p in spec.pools], now
-    )
-    events += held_events
-    oom_killed = 0
-    for release in settlement.releases:
-        released = await queue.release(release.owner, charge=release.charge, error=release.reason)
+
+    async def release(self, release: Release) -> Released:
+        return await self.queue.release(release.owner, charge=release.charge, error=release.reason)
+
+    async def forget(self, worker: str) -> None:
+        await self.kube.delete_job(self.scan.namespace, worker)
+
+    async def launch(self, launch: loop.Launch) -> str:
+        b = launch.batch
+        name = batch_job_name(self.scan.name, b.step, b.size_class)
+        batch = JobBatch(name, b.step, b.size_class, b.model, b.scale, b.memory_bytes, b.limit)
+        await self.kube.create_job(
+            self.scan.namespace, build_detector_job(self.scan, self.spec, batch)
+        )
+        return name
+
+
+async def apply(
+    plan: ScanPlan, runner: JobRunner, breaker: CircuitBreaker, outcome: Outcome
+) -> None:
+    """Carries a tick's plan out; what it did goes into ``outcome``."""
+    queue, namespace, events = runner.queue, runner.scan.namespace, outcome.events
+    if plan.library is not None:
+        await queue.ensure_library(runner.library, plan.library)
+    for found, job, leased in plan.stuck:
+        await stuck.hand_back(
+            queue,
+            runner.library,
+            found,
+            job,
+            leased=leased,
+            lease_seconds=runner.spec.lease_seconds,
+        )
+    # the API calls of a tick go out together: each is a round trip to the API server
+    await asyncio.gather(*(runner.kube.delete_job(namespace, s.job) for s, _, _ in plan.stuck))
+    done = await loop.apply(plan.loop, runner)
+    for release, released in done.released:
         if release.oom and released.charged_image is not None:
-            oom_killed += 1
+            outcome.oom_killed += 1
             events.append(
                 (
                     "Warning",
@@ -131,7 +202,12 @@ async def reconcile(
                     f"next cascade step, {released.released} others returned",
                 )
             )
-    for expired in await queue.reclaim_expired(library):
+    if plan.loop.probe and done.launched:
+        breaker.probe_started()
+    for name, launch in done.launched:
+        outcome.created.append((name, launch.pool))
+        events.append(("Normal", "JobCreated", f"{name}: {launch.describe()}"))
+    for expired in await queue.reclaim_expired(runner.library):
         events.append(
             (
                 "Warning",
@@ -139,105 +215,13 @@ async def reconcile(
                 f"{expired.owner} stopped heartbeating; {expired.released} images returned",
             )
         )
-    # the API calls of a tick go out together: each is a round trip to the API server
-    gone = list(dict.fromkeys([*settlement.forget, *(s.job for s in found)]))
-    await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in gone))
-    active = [j for j in jobs if not j.finished and j.name not in gone]
-
-    # (2) schedule
-    outcomes = await queue.recent_outcomes(
-        library, window=breaker.window, after_id=breaker.after_id
-    )
-    was = breaker.state
-    breaker.observe(outcomes, now.timestamp())
-    if breaker.state != was and breaker.state is BreakerState.OPEN:
-        events.append(("Warning", "BreakerOpen", breaker.reason))
-    elif breaker.state != was and breaker.state is BreakerState.CLOSED:
-        events.append(("Normal", "BreakerClosed", "attempts succeed again"))
-    cap = max(1, spec.parallelism * spec.batch_size * 2)
-    # read after the leases: a Job that claims in between is counted twice (one tick plans
-    # less), never not at all (which would launch a Job for images already taken)
-    groups = unclaimed(await queue.runnable_groups(library, cap=cap), active, leased)
-    allowed = breaker.allowed(now.timestamp())
-    launches = [
-        (batch_job_name(scan.name, batch.step, batch.size_class), batch, pool)
-        for batch, pool in holding.gate(
-            plan_batches(spec, groups, active, calibration, allowed), holds, active, now
+    if done.refused is not None:
+        raise done.refused  # nothing was leased for it; the next tick plans it again
+    registering = plan.registering
+    await asyncio.gather(*(runner.kube.delete_job(namespace, n) for n in registering.delete))
+    if registering.create:
+        name = register.register_job_name(runner.scan.name)
+        await runner.kube.create_job(
+            namespace, register.build_register_job(runner.scan, runner.spec, name)
         )
-    ]
-    bodies = [
-        build_detector_job(
-            scan,
-            spec,
-            JobBatch(owner, b.step, b.size_class, b.model, b.scale, b.memory_bytes, b.limit),
-        )
-        for owner, b, _ in launches
-    ]
-    results = await asyncio.gather(
-        *(kube.create_job(scan.namespace, body) for body in bodies), return_exceptions=True
-    )
-    created: list[tuple[str, str]] = []
-    refused: BaseException | None = None
-    for (owner, batch, pool), result in zip(launches, results, strict=True):
-        if isinstance(result, BaseException):
-            refused = refused or result  # nothing was leased for it
-            continue
-        if allowed == 1:
-            breaker.probe_started()
-        created.append((owner, pool))
-        events.append(
-            (
-                "Normal",
-                "JobCreated",
-                f"{owner}: up to {batch.limit} images, {batch.model}@{batch.scale:g}, "
-                f"{batch.memory_bytes // MIB} MiB, pool {pool}",
-            )
-        )
-    if refused is not None:
-        raise refused
-
-    # the library's files, registered by a Job when the FaceScan is new and then
-    # every spec.library.rescanIntervalSeconds
-    registering = register.decide(
-        spec,
-        register.view(by_component.get(register.COMPONENT, [])),
-        register.Registration.of(previous_status),
-        now,
-    )
-    events += registering.events
-    await asyncio.gather(*(kube.delete_job(scan.namespace, n) for n in registering.delete))
-    if registering.create and not spec.suspend:
-        name = register.register_job_name(scan.name)
-        await kube.create_job(scan.namespace, register.build_register_job(scan, spec, name))
         events.append(("Normal", "RegisterJobCreated", f"{name}: registers the library's files"))
-
-    # (3) status
-    clock = await queue.attempt_clock(library)
-    attempts = await queue.attempt_outcomes(library, attempt_clock, clock) if attempt_clock else {}
-    counts = await queue.status(library)
-    if counts.pending == 0 and counts.leased == 0:
-        holds = []  # nothing left to run: nothing held back
-    before_dead = ((previous_status.get("counts") or {}).get("dead")) or 0
-    if counts.dead > before_dead:
-        events.append(
-            (
-                "Warning",
-                "ImageDead",
-                f"{counts.dead - before_dead} images gave up after their last attempt; "
-                "see `facescan failures --dead`, requeue with `facescan requeue`",
-            )
-        )
-    status = status_of(
-        counts,
-        len(active) + len(created),
-        spec.suspend,
-        breaker,
-        bool(groups),
-        previous_status,
-        now,
-        holds,
-        registered=registering.registration.registered_at is not None
-        or not spec.library.rescan_interval_seconds,
-    )
-    status["registration"] = registering.registration.as_json()
-    return Outcome(status, events, created, oom_killed, clock, attempts)

@@ -21,7 +21,7 @@ from facescan_operator.breaker import CircuitBreaker
 from facescan_operator.k8s.kube import ClusterApi, SecretError
 from facescan_operator.k8s.policy import AdminPolicy
 from facescan_operator.k8s.spec import FaceScanSpec
-from facescan_queue.models import AttemptClock
+from facescan_queue.models import AttemptClock, LibraryPolicy
 from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings, DsnError, parse_dsn
 
@@ -38,6 +38,9 @@ class ScanState:
     """Where counting finished attempts stands."""
     unreachable: str | None = None
     """Why its database is out of reach, as reported."""
+    written: LibraryPolicy | None = None
+    """The library policy last written to its database (a new one is written when the
+    spec's differs, and after the operator starts)."""
 
 
 @dataclass

@@ -48,24 +48,28 @@ def status_of(
     now: datetime,
     holds: Sequence[Hold] = (),
     registered: bool = True,
+    queued_jobs: int = 0,
 ) -> dict[str, Any]:
     """Pure: the FaceScan's status (phase, conditions, counts) from what was observed;
     ``holds``: where stuck Jobs hold back launching (stuck.py); ``registered``: false
     until the operator's first registration of the library's files ended (register.py),
-    before which nothing is Completed."""
+    before which nothing is Completed; ``active_jobs`` run (or wait for a node),
+    ``queued_jobs`` wait for Kueue to admit them (suspended). Missing images (their file
+    gone) are left out of the progress: nothing can detect them."""
     stamp = observe.stamp(now)
     open_breaker = breaker.state is not BreakerState.CLOSED
     cause = holding.degraded((breaker.reason or "breaker open") if open_breaker else None, holds)
-    finished = counts.pending == 0 and counts.leased == 0 and active_jobs == 0 and registered
+    jobs = active_jobs + queued_jobs
+    finished = counts.pending == 0 and counts.leased == 0 and jobs == 0 and registered
     if suspended:
         phase = "Suspended"
-    elif counts.images == 0 or not (registered or active_jobs or runnable):
+    elif counts.images == 0 or not (registered or jobs or runnable):
         phase = "Pending"
     elif open_breaker or any(h.blocking for h in holds):
         phase = "Degraded"
     elif finished:
         phase = "Completed"
-    elif active_jobs or runnable:
+    elif jobs or runnable:
         phase = "Running"
     else:
         phase = "Waiting"  # only retries remain, backing off
@@ -76,7 +80,8 @@ def status_of(
             "Ready",
             finished and not suspended,
             "AllImagesSettled" if finished else "ImagesRemaining",
-            f"{counts.done} done, {counts.dead} dead of {counts.images}",
+            f"{counts.done} done, {counts.dead} dead of {counts.images}"
+            + (f" ({counts.missing} missing)" if counts.missing else ""),
             stamp,
         ),
         _condition(
@@ -84,7 +89,8 @@ def status_of(
             "Progressing",
             active_jobs > 0,
             "JobsRunning" if active_jobs else "NoJobs",
-            f"{active_jobs} detector Jobs running",
+            f"{active_jobs} detector Jobs running"
+            + (f", {queued_jobs} waiting for Kueue to admit them" if queued_jobs else ""),
             stamp,
         ),
         _condition(
@@ -106,9 +112,10 @@ def status_of(
     ]
     return {
         "phase": phase,
-        "progress": f"{counts.done}/{counts.images}",
+        "progress": f"{counts.done}/{counts.images - counts.missing}",
         "counts": counts.as_json(),
         "activeJobs": active_jobs,
+        "queuedJobs": queued_jobs,
         "breaker": str(breaker.state),
         "conditions": conditions,
         "holds": [h.as_json() for h in holds],

@@ -62,7 +62,7 @@ from facescan_operator.k8s.observe import (
     PodTrouble,
     creation_refusal,
 )
-from facescan_operator.loop import last_words
+from facescan_operator.settlement import last_words
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType
 

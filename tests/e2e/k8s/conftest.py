@@ -15,7 +15,7 @@ import pytest
 from facescan_devcluster import controlplane
 from facescan_devcluster.controlplane import Cluster
 from facescan_devcluster.kueue import Kueue
-from facescan_operator import loop
+from facescan_operator import settlement
 from tests.e2e.local.support import copy_samples
 
 from .cluster import CRD_FILE, ApiError, Kube, rest_path
@@ -167,5 +167,5 @@ def photos(cluster: Kube, tmp_path: Path) -> Path:
 def quick_vanish(monkeypatch: pytest.MonkeyPatch) -> timedelta:
     """Leases of vanished Jobs are released after 3 s rather than 60 s."""
     grace = timedelta(seconds=3)
-    monkeypatch.setattr(loop, "VANISHED_GRACE", grace)
+    monkeypatch.setattr(settlement, "VANISHED_GRACE", grace)
     return grace

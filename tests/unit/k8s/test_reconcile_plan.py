@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facescan_operator.breaker import CircuitBreaker
+from facescan_operator.k8s.decide import policy
 from facescan_operator.k8s.observe import JobView, parse_quantity, view_jobs
-from facescan_operator.k8s.reconcile import changed, plan_batches, status_of
+from facescan_operator.k8s.reconcile import changed, status_of
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import unreachable, with_generation
-from facescan_operator.loop import WorkerOutcome, settle, unclaimed
+from facescan_operator.loop import Observation, decide
+from facescan_operator.planner import BatchPlan
+from facescan_operator.settlement import WorkerOutcome, WorkerView, settle, unclaimed
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.models import GroupCount, LeaseInfo, QueueStatus, RecentOutcomes
 from facescan_queue.types import ErrorType
@@ -197,10 +200,18 @@ POOLS = {
 }
 
 
+def launches(
+    s: FaceScanSpec, groups: list[GroupCount], active: list[WorkerView], allowed: int | None
+) -> list[tuple[BatchPlan, str]]:
+    """The Jobs a tick of the loop launches for the spec, and their pools."""
+    seen = Observation(NOW, active, [], groups, allowed)
+    return [(x.batch, x.pool) for x in decide(policy(s, CalibrationTable.default()), seen).launches]
+
+
 def test_batches_go_to_their_pools_within_each_pools_limits() -> None:
     s = spec(parallelism=6, batchSize=10, **POOLS)
     groups = [GroupCount(0, 0, 40), GroupCount(5, 0, 5)]
-    chosen = plan_batches(s, groups, [], CalibrationTable.default(), None)
+    chosen = launches(s, groups, [], None)
     pools = [pool for _, pool in chosen]
     assert pools.count("gpu") == 1  # maxConcurrentJobs
     assert pools[0] == "cpu"  # the later (hog) step first: OOM culprits go at once
@@ -211,20 +222,15 @@ def test_batches_go_to_their_pools_within_each_pools_limits() -> None:
 
 def test_a_suspended_scan_starts_nothing_and_the_breaker_can_hold_it() -> None:
     groups = [GroupCount(0, 0, 40)]
-    assert plan_batches(spec(suspend=True), groups, [], CalibrationTable.default(), None) == []
-    assert plan_batches(spec(), groups, [], CalibrationTable.default(), 0) == []
-    (probe,) = plan_batches(spec(), groups, [], CalibrationTable.default(), 1)
+    assert launches(spec(suspend=True), groups, [], None) == []
+    assert launches(spec(), groups, [], 0) == []
+    (probe,) = launches(spec(), groups, [], 1)
     assert probe[0].limit == 1
 
 
 def test_running_jobs_count_against_parallelism() -> None:
     active = [job(f"j{i}", WorkerOutcome.RUNNING) for i in range(4)]
-    assert (
-        plan_batches(
-            spec(parallelism=4), [GroupCount(0, 0, 100)], active, CalibrationTable.default(), None
-        )
-        == []
-    )
+    assert launches(spec(parallelism=4), [GroupCount(0, 0, 100)], active, None) == []
 
 
 def counts(**kw: int) -> QueueStatus:

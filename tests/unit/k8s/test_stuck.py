@@ -29,8 +29,8 @@ from facescan_operator.k8s.holds import (
 from facescan_operator.k8s.observe import JobView, PodTrouble, view_jobs
 from facescan_operator.k8s.reconcile import changed, status_of
 from facescan_operator.k8s.stuck import find
-from facescan_operator.loop import WorkerOutcome
 from facescan_operator.planner import BatchPlan
+from facescan_operator.settlement import WorkerOutcome
 from facescan_queue.models import QueueStatus, RecentOutcomes
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
