@@ -132,6 +132,18 @@ class Queue:
         """host:port/database, for messages."""
         return self._target
 
+    @property
+    def user(self) -> str:
+        """The database user, for messages."""
+        return self._user
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool, for the steps after detection that run their own named
+        SQL on this database (facescan_people), translating errors with
+        facescan_queue.errors.translated."""
+        return self._pool
+
     # -- plumbing -------------------------------------------------------------------
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:

@@ -12,11 +12,11 @@ from facescan_operator.commands import (
     Model,
     check_max_dimension,
     check_memory_limit,
-    failures_text,
     parse_size,
     plural,
     status_line,
 )
+from facescan_operator.inspection import failures_text
 from facescan_queue.models import QueueStatus
 
 

@@ -1,0 +1,162 @@
+"""The commands that read and requeue single images: `failures`, `faces`, `requeue`,
+`rescan` (the queue's state per image). Called by cli_queue.py."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from facescan_operator.commands import (
+    libraries,
+    local_time,
+    locate,
+    plural,
+    utc_iso,
+)
+from facescan_people.directory import NOBODY, image_people
+from facescan_queue.repository import Queue
+from facescan_queue.types import ErrorType, ImageState
+
+
+async def failures(
+    queue: Queue, error_type: ErrorType | None, dead: bool, library: str | None = None
+) -> list[dict[str, Any]]:
+    rows = []
+    for name in await libraries(queue, library):
+        for f in await queue.failures(name, error_type=error_type, dead_only=dead):
+            rows.append(
+                {
+                    "path": str(Path(name) / f.path) if name.startswith("/") else f.path,
+                    "library": name,
+                    "error_type": str(f.error_type),
+                    "attempts": f.attempts,
+                    "last_error": f.last_error,
+                    "next_retry_at": utc_iso(f.next_retry_at),
+                    "dead": f.dead,
+                }
+            )
+    return rows
+
+
+def failures_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no failing images"
+    lines = []
+    for r in rows:
+        retry = r["next_retry_at"]
+        when = "dead" if r["dead"] else f"retry at {local_time(_parse_time(retry))}"
+        attempts = plural(r["attempts"], "attempt")
+        lines.append(f"{r['path']}\t{r['error_type']}\t{attempts}\t{when}\t{r['last_error']}")
+    return "\n".join(lines)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+async def faces(queue: Queue, path: Path, library: str | None = None) -> dict[str, Any]:
+    library, relative = await locate(queue, path, library)
+    image = await queue.image(library, relative)
+    rows = await queue.faces(image["id"]) if image["state"] == ImageState.DONE else []
+    people = await image_people(queue, image["id"]) if rows else {}
+    return {
+        "path": str(Path(library) / relative) if library.startswith("/") else relative,
+        "library": library,
+        "state": image["state"],
+        "model": image["model"],
+        "scale": image["scale"],
+        "width": image["original_width"] or image["width"],
+        "height": image["original_height"] or image["height"],
+        "faces": [
+            {
+                "top": r["box_top"],
+                "right": r["box_right"],
+                "bottom": r["box_bottom"],
+                "left": r["box_left"],
+                "score": r["score"],
+                "model": r["model"],
+                "scale": r["scale"],
+                **people.get(
+                    (r["box_top"], r["box_right"], r["box_bottom"], r["box_left"]), NOBODY
+                ),
+            }
+            for r in rows
+        ],
+    }
+
+
+def faces_text(result: dict[str, Any]) -> str:
+    head = f"{result['path']}: {result['state']}"
+    if result["state"] != ImageState.DONE:
+        return head + " (no result yet; see `facescan failures`)"
+    n = len(result["faces"])
+    lines = [
+        f"{head}, {n} face{'s' if n != 1 else ''} ({result['model']}@{result['scale']:g}, "
+        f"{result['width']}x{result['height']})"
+    ]
+    for f in result["faces"]:
+        lines.append(
+            f"  top {f['top']} right {f['right']} bottom {f['bottom']} "
+            f"left {f['left']} score {f['score']:.2f}"
+            + (f" {f['person']} ({f['status']})" if f.get("person") else "")
+        )
+    return "\n".join(lines)
+
+
+async def requeue(
+    queue: Queue,
+    paths: list[Path],
+    dead: bool,
+    error_type: ErrorType | None,
+    library: str | None = None,
+) -> int:
+    if not paths:
+        return sum(
+            [
+                await queue.requeue(name, only_dead=dead, error_type=error_type)
+                for name in await libraries(queue, library)
+            ]
+        )
+    by_library = await _registered(queue, paths, library)
+    return sum(
+        [
+            await queue.requeue(name, only_dead=dead, error_type=error_type, paths=relatives)
+            for name, relatives in by_library.items()
+        ]
+    )
+
+
+async def _registered(queue: Queue, paths: list[Path], library: str | None) -> dict[str, list[str]]:
+    """Library -> relative paths of the images named; UnknownImage for a path that is not
+    a registered image (as `faces` says)."""
+    by_library: dict[str, list[str]] = {}
+    for path in paths:
+        name, relative = await locate(queue, path, library)
+        await queue.image(name, relative)
+        by_library.setdefault(name, []).append(relative)
+    return by_library
+
+
+async def rescan(queue: Queue, paths: list[Path], every: bool, library: str | None = None) -> int:
+    """Queues done images again from the first cascade step (degraded ones only unless
+    ``every``): PATHs are image files or scanned directories; without PATH every library
+    (or ``library``). The next `facescan scan` (or operator tick) detects them."""
+    if not paths:
+        return sum(
+            [
+                await queue.rescan(name, only_degraded=not every)
+                for name in await libraries(queue, library)
+            ]
+        )
+    names = await queue.libraries()
+    count = 0
+    files: list[Path] = []
+    for path in paths:
+        if library is None and str(path.resolve()) in names:
+            count += await queue.rescan(str(path.resolve()), only_degraded=not every)
+        else:
+            files.append(path)
+    for name, relatives in (await _registered(queue, files, library)).items():
+        count += await queue.rescan(name, only_degraded=not every, paths=relatives)
+    return count
