@@ -273,7 +273,9 @@ async def _claim(dsn: str, library: str, owner: str, photos: list[Photo]) -> Non
 
     queue = await Queue.connect(DatabaseSettings(dsn=dsn), max_size=1)
     try:
-        policy = LibraryPolicy(cascade_models=("hog",), cascade_scales=(1.0,))
+        policy = LibraryPolicy(
+            cascade_models=("hog",), cascade_scales=(1.0,), max_dimension=MAX_DIMENSION
+        )
         await queue.ensure_library(library, policy)
         await queue.register(
             library, [NewImage(p.path, p.width, p.height, p.file_bytes) for p in photos]
@@ -344,8 +346,6 @@ def _run_ours(
         owner,
         "--root",
         str(photo_dir),
-        "--max-dimension",
-        str(MAX_DIMENSION),
         "--timeout",
         "300",
         "--lease-seconds",

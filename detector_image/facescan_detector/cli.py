@@ -25,7 +25,6 @@ from facescan_detector.backends import MODELS
 from facescan_detector.memory import tune_malloc
 from facescan_detector.run import EXIT_STARTUP, EXIT_UNAVAILABLE
 from facescan_detector.settings import DetectorSettings
-from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
 from facescan_queue.errors import DatabaseUnavailable, QueueError
 from facescan_queue.settings import DatabaseSettings, DsnError
 
@@ -56,11 +55,6 @@ def _parser() -> argparse.ArgumentParser:
         dest="library_root",
         type=Path,
         help="library root the image paths are relative to, required (FACESCAN_LIBRARY_ROOT)",
-    )
-    run.add_argument(
-        "--max-dimension",
-        type=int,
-        help=f"cap on the long side (default {DEFAULT_MAX_DIMENSION}; FACESCAN_MAX_DIMENSION)",
     )
     run.add_argument(
         "--timeout",

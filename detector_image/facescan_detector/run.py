@@ -130,7 +130,7 @@ class _Worker:
         self.threads = settings.threads or usable_cpus()
         self.detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detect")
         self.load_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
-        self.prefetched: tuple[str, float, asyncio.Future[LoadedImage]] | None = None
+        self.prefetched: tuple[str, float, int, asyncio.Future[LoadedImage]] | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         """The heartbeat and the prefetches' queue calls, stopped before the queue closes."""
         self.lease_lost = False
@@ -328,7 +328,7 @@ class _Worker:
             )
         return DetectionResult(
             faces=tuple(results),
-            max_dimension=self.settings.max_dimension,
+            max_dimension=image.max_dimension,
             duration_ms=round((time.monotonic() - started) * 1000),
             original_width=width,
             original_height=height,
@@ -355,19 +355,19 @@ class _Worker:
 
     async def _load(self, image: StartedImage) -> LoadedImage:
         prefetched, self.prefetched = self.prefetched, None
-        if prefetched and prefetched[:2] == (image.path, image.scale):
-            return await prefetched[2]
+        wanted = (image.path, image.scale, image.max_dimension)
+        if prefetched and prefetched[:3] == wanted:
+            return await prefetched[3]
         if prefetched:
-            prefetched[2].cancel()
+            prefetched[3].cancel()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.load_pool, self._read, image.path, image.scale)
+        return await loop.run_in_executor(self.load_pool, self._read, *wanted)
 
-    def _read(self, path: str, scale: float) -> LoadedImage:
+    def _read(self, path: str, scale: float, max_dimension: int) -> LoadedImage:
+        """Decodes an image at min(long side, max_dimension) x scale (the library's max
+        dimension, which start_next returns with the image)."""
         return load_image(
-            self.settings.library_root,
-            path,
-            max_dimension=self.settings.max_dimension,
-            scale=scale,
+            self.settings.library_root, path, max_dimension=max_dimension, scale=scale
         )
 
     def _prefetch_next(self, image: StartedImage) -> asyncio.Event:
@@ -387,9 +387,11 @@ class _Worker:
                 return
             await room.wait()
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self.load_pool, self._read, path, image.scale)
+            # the next image of the lease: of the same library, at the same step
+            wanted = (path, image.scale, image.max_dimension)
+            future = loop.run_in_executor(self.load_pool, self._read, *wanted)
             future.add_done_callback(_consume_exception)
-            self.prefetched = (path, image.scale, future)
+            self.prefetched = (*wanted, future)
 
         # a failed peek only costs the prefetch
         task = asyncio.ensure_future(start())

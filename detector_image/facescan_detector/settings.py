@@ -12,8 +12,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
-
 
 class DetectorSettings(BaseSettings):
     """What one detector process works on and how."""
@@ -41,9 +39,6 @@ class DetectorSettings(BaseSettings):
     library_root: Path
     """The directory image paths are relative to (FACESCAN_LIBRARY_ROOT). Files outside
     it, by path or by symlink, are refused."""
-
-    max_dimension: int = Field(default=DEFAULT_MAX_DIMENSION, ge=0)
-    """Long side images are capped at before detection; 0 for no cap."""
 
     image_timeout_s: float = Field(default=300.0, gt=0)
     """Loading and detecting one image are cut after this many seconds together (failure

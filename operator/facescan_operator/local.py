@@ -187,7 +187,7 @@ class LocalRunner:
             worker_memory_cap=self.options.memory_limit,
         )
 
-    def _start(self, library: str, root: Path, batch: BatchPlan, policy: loop.Policy) -> str:
+    def _start(self, library: str, root: Path, batch: BatchPlan) -> str:
         bound = self.options.max_processes
         if bound is not None and self._processes >= bound:
             raise DetectorsCannotRun(
@@ -201,7 +201,7 @@ class LocalRunner:
         command = [
             *(o.detector_command or workers.default_detector()),
             *("run", "--owner", owner, "--root", str(root)),
-            *("--max-dimension", str(policy.max_dimension), "--timeout", str(o.image_timeout_s)),
+            *("--timeout", str(o.image_timeout_s)),
             *("--lease-seconds", str(o.lease_seconds), "--model", batch.model),
             *("--threads", str(workers.threads_each(o.workers))),
             *(("--model-dir", str(o.model_dir)) if o.model_dir is not None else ()),
@@ -283,5 +283,4 @@ class _Adapter:
         self.runner._forget(self.runner.workers[worker], None)
 
     async def launch(self, launch: loop.Launch) -> str:
-        policy = self.runner.policies[self.library]
-        return self.runner._start(self.library, self.root, launch.batch, policy)
+        return self.runner._start(self.library, self.root, launch.batch)

@@ -140,8 +140,11 @@ def _memory_budget() -> int | None:
 
 async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) -> ScanSummary:
     cascade = CASCADES[options.model]
+    # the detectors read the cascade and the max dimension from the library row
     policy = LibraryPolicy(
-        cascade_models=tuple(m for m, _ in cascade), cascade_scales=tuple(s for _, s in cascade)
+        cascade_models=tuple(m for m, _ in cascade),
+        cascade_scales=tuple(s for _, s in cascade),
+        max_dimension=options.max_dimension,
     )
     libraries = Libraries({}, {})
     rescanned = 0

@@ -261,7 +261,8 @@ CREATE OR REPLACE FUNCTION facescan.ensure_library(
     p_backoff_base_s integer DEFAULT NULL,
     p_backoff_multiplier real DEFAULT NULL,
     p_backoff_cap_s integer DEFAULT NULL,
-    p_max_attempts integer DEFAULT NULL
+    p_max_attempts integer DEFAULT NULL,
+    p_max_dimension integer DEFAULT NULL
 ) RETURNS facescan.libraries
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -275,7 +276,8 @@ BEGIN
         backoff_base_s = coalesce(p_backoff_base_s, backoff_base_s),
         backoff_multiplier = coalesce(p_backoff_multiplier, backoff_multiplier),
         backoff_cap_s = coalesce(p_backoff_cap_s, backoff_cap_s),
-        max_attempts = coalesce(p_max_attempts, max_attempts)
+        max_attempts = coalesce(p_max_attempts, max_attempts),
+        max_dimension = coalesce(p_max_dimension, max_dimension)
     WHERE name = p_name
     RETURNING * INTO v_lib;
     RETURN v_lib;
@@ -469,12 +471,13 @@ END
 $$;
 
 -- Marks the next unstarted image of the lease as in progress (an open attempt) and
--- returns it with the model and scale of its cascade step; no row when none is left.
+-- returns it with the model and scale of its cascade step and the library's max
+-- dimension; no row when none is left.
 -- While an image is in progress under the lease, returns that one instead.
 CREATE OR REPLACE FUNCTION facescan.start_next(p_owner text)
 RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
-    step smallint, model text, scale real, attempt_id bigint
+    step smallint, model text, scale real, attempt_id bigint, max_dimension integer
 )
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 #variable_conflict use_column
@@ -489,11 +492,13 @@ BEGIN
     -- idempotent: an image already in progress under this lease is returned again (the
     -- worker lost the reply of the call that started it)
     RETURN QUERY
-    SELECT i.id, i.path, i.width, i.height, i.file_bytes, a.step, a.model, a.scale, a.id
+    SELECT i.id, i.path, i.width, i.height, i.file_bytes, a.step, a.model, a.scale, a.id,
+           lib.max_dimension
     FROM facescan.leases l
     JOIN facescan.images i
       ON i.id = l.started_image AND i.lease_owner = l.owner AND i.state = 'leased'
     JOIN facescan.attempts a ON a.id = l.started_attempt
+    JOIN facescan.libraries lib ON lib.name = l.library
     WHERE l.owner = p_owner;
     IF NOT FOUND THEN
         RETURN QUERY SELECT * FROM facescan.start_unstarted(p_owner);
@@ -506,7 +511,7 @@ $$;
 CREATE OR REPLACE FUNCTION facescan.start_unstarted(p_owner text)
 RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
-    step smallint, model text, scale real, attempt_id bigint
+    step smallint, model text, scale real, attempt_id bigint, max_dimension integer
 )
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -522,11 +527,12 @@ DECLARE
     v_scales real[];
     v_step smallint;
     v_attempt bigint;
+    v_max_dimension integer;
 BEGIN
     SELECT i.id, i.library, i.path, i.width, i.height, i.file_bytes, i.step,
-           lib.cascade_models, lib.cascade_scales
+           lib.cascade_models, lib.cascade_scales, lib.max_dimension
     INTO v_id, v_library, v_path, v_width, v_height, v_file_bytes, v_image_step,
-         v_models, v_scales
+         v_models, v_scales, v_max_dimension
     FROM facescan.images i JOIN facescan.libraries lib ON lib.name = i.library
     WHERE i.lease_owner = p_owner AND i.state = 'leased'
     ORDER BY i.priority DESC, i.attempts, i.id
@@ -553,6 +559,7 @@ BEGIN
     model := v_models[v_step + 1];
     scale := v_scales[v_step + 1];
     attempt_id := v_attempt;
+    max_dimension := v_max_dimension;
     RETURN NEXT;
 END
 $$;
@@ -810,7 +817,7 @@ CREATE OR REPLACE FUNCTION facescan.complete_and_start_next(
     p_faces jsonb
 ) RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
-    step smallint, model text, scale real, attempt_id bigint
+    step smallint, model text, scale real, attempt_id bigint, max_dimension integer
 )
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN

@@ -22,6 +22,8 @@ class LibraryPolicy:
     backoff_multiplier: float | None = None
     backoff_cap_s: int | None = None
     max_attempts: int | None = None
+    max_dimension: int | None = None
+    """The long side images are capped at before detection (0: no cap)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class Library:
     backoff_multiplier: float
     backoff_cap_s: int
     max_attempts: int
+    max_dimension: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,9 @@ class StartedImage:
     model: str
     scale: float
     attempt_id: int
+    max_dimension: int
+    """The library's cap on the long side (0: none): the image is detected at
+    min(long side, max_dimension) x scale."""
 
 
 @dataclass(frozen=True, slots=True)

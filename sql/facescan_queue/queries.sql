@@ -5,7 +5,7 @@
 SELECT max(version) FROM facescan.schema_version;
 
 -- name: ensure_library
-SELECT * FROM facescan.ensure_library($1, $2, $3, $4, $5, $6, $7);
+SELECT * FROM facescan.ensure_library($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: register_images
 SELECT * FROM facescan.register_images($1, $2, $3, $4, $5, $6, $7);

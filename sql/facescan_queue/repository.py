@@ -240,6 +240,7 @@ class Queue:
                 p.backoff_multiplier,
                 p.backoff_cap_s,
                 p.max_attempts,
+                p.max_dimension,
             )
         )[0]
         return Library(
@@ -249,6 +250,7 @@ class Queue:
             backoff_multiplier=row["backoff_multiplier"],
             backoff_cap_s=row["backoff_cap_s"],
             max_attempts=row["max_attempts"],
+            max_dimension=row["max_dimension"],
         )
 
     async def register(self, library: str, images: Sequence[NewImage], *, priority: int = 0) -> int:

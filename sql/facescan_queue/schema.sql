@@ -58,6 +58,9 @@ CREATE TABLE facescan.libraries (
     -- uncharged `unavailable` failures of one image (counted only while other images of
     -- the library succeed) before further ones are charged like any other failure
     unavailable_grace integer NOT NULL DEFAULT 5 CHECK (unavailable_grace >= 0),
+    -- the long side images are capped at before detection (0: no cap); start_next
+    -- returns it with each image
+    max_dimension integer NOT NULL DEFAULT 1280 CHECK (max_dimension >= 0),
     CHECK (cardinality(cascade_models) >= 1
            AND cardinality(cascade_models) = cardinality(cascade_scales)
            AND cascade_models <@ '{hog,cnn,insightface}'::text[]
@@ -358,3 +361,4 @@ INSERT INTO facescan.schema_version (version, description) VALUES (2, 'cheaper q
 INSERT INTO facescan.schema_version (version, description) VALUES (3, 'library roles');
 INSERT INTO facescan.schema_version (version, description) VALUES (4, 'changed and missing files');
 INSERT INTO facescan.schema_version (version, description) VALUES (5, 'people');
+INSERT INTO facescan.schema_version (version, description) VALUES (6, 'library max dimension');

@@ -53,8 +53,9 @@ def policy(spec: FaceScanSpec, calibration: CalibrationTable) -> Policy:
 
 
 def policy_of(spec: FaceScanSpec) -> LibraryPolicy:
-    """The library row's cascade and retry policy, as the spec says (the detector reads
-    its step's model and scale, and the queue its retry policy, from there)."""
+    """The library row's cascade, max dimension and retry policy, as the spec says (the
+    detector reads its step's model and scale and the max dimension, and the queue its
+    retry policy, from there)."""
     r = spec.retry_policy
     return LibraryPolicy(
         cascade_models=tuple(s.model for s in spec.cascade),
@@ -63,6 +64,7 @@ def policy_of(spec: FaceScanSpec) -> LibraryPolicy:
         backoff_multiplier=r.backoff_multiplier,
         backoff_cap_s=r.backoff_cap_seconds,
         max_attempts=r.max_attempts,
+        max_dimension=spec.max_dimension,
     )
 
 

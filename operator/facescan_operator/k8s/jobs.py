@@ -166,7 +166,6 @@ def build_detector_job(scan: ScanRef, spec: FaceScanSpec, batch: JobBatch) -> di
         {"name": "FACESCAN_SIZE_CLASS", "value": str(batch.size_class)},
         {"name": "FACESCAN_BATCH_SIZE", "value": str(batch.images)},
         {"name": "FACESCAN_LIBRARY_ROOT", "value": spec.library.mount_path},
-        {"name": "FACESCAN_MAX_DIMENSION", "value": str(spec.max_dimension)},
         {"name": "FACESCAN_IMAGE_TIMEOUT_S", "value": str(spec.image_timeout_seconds)},
         {"name": "FACESCAN_LEASE_SECONDS", "value": str(spec.lease_seconds)},
         {"name": "FACESCAN_MODEL", "value": batch.model},  # loaded while connecting

@@ -12,6 +12,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from facescan_detector.run import run
+from facescan_queue.models import LibraryPolicy
 from facescan_queue.repository import Queue
 from facescan_queue.settings import DatabaseSettings
 from tests.integration.detector.support import (
@@ -125,7 +126,7 @@ async def test_large_photo_is_detected_capped_and_its_box_reported_in_original_p
     large.save(root / "obama_large.jpg", quality=90)
     await register_and_claim(hog_queue, ["obama_large.jpg"], "job-a")
 
-    run = await run_detector(dsn, "job-a", root, "--max-dimension", "1280")
+    run = await run_detector(dsn, "job-a", root)  # the library's max dimension: 1280
 
     assert run.returncode == 0, run.stderr
     [box] = await boxes(hog_queue, "obama_large.jpg")
@@ -137,6 +138,23 @@ async def test_large_photo_is_detected_capped_and_its_box_reported_in_original_p
     image = await hog_queue.image(LIB, "obama_large.jpg")
     assert (image["original_width"], image["original_height"]) == (2401, 3000)
     assert await db.fetchval("SELECT max_dimension FROM facescan.detections") == 1280
+
+
+async def test_the_detector_caps_images_at_the_library_s_max_dimension(
+    hog_queue: Queue, db: asyncpg.Connection, dsn: str, root: Path
+) -> None:
+    """The max dimension is the library's (a FaceScan's maxDimension, `scan
+    --max-dimension`): set in the library row, it reaches the detector with each image."""
+    await hog_queue.ensure_library(LIB, LibraryPolicy(max_dimension=400))
+    copy_samples(root, ["obama.jpg"])
+    await register_and_claim(hog_queue, ["obama.jpg"], "job-a")
+
+    run = await run_detector(dsn, "job-a", root)
+
+    assert run.returncode == 0, run.stderr
+    assert await db.fetchval("SELECT max_dimension FROM facescan.detections") == 400
+    [box] = await boxes(hog_queue, "obama.jpg")
+    assert iou(box, OBAMA_BOX) > 0.5, box  # found at 400 px, in original pixels
 
 
 async def test_detecting_an_image_again_replaces_its_faces_never_duplicates_them(
