@@ -2,6 +2,7 @@
 
   facescan-detector run        work through one lease (the Job contract: FACESCAN_* env)
   facescan-detector calibrate  measure memory and time per megapixel of each model (JSON)
+  facescan-detector serve      the HTTP API (facescan_api: POST /detect, /health, /metrics)
 
 Exit codes of ``run`` (hints only; the database is the truth): 0 the lease is finished
 (or was taken over), 2 the detector cannot start (usage, model files), 3 an image hung
@@ -110,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--sizes", default="640,1280", help="long sides to measure at")
     cal.add_argument("--image", type=Path, help="photo to measure with (default: built in)")
     cal.add_argument("--model-dir", type=Path, help="InsightFace ONNX models directory")
+
+    from facescan_api import serve  # no FastAPI import until the server starts
+
+    srv = sub.add_parser("serve", help="serve the HTTP API", description=serve.DESCRIPTION)
+    serve.add_arguments(srv)
     return parser
 
 
@@ -117,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "calibrate":
         return _calibrate(args)
+    if args.command == "serve":
+        from facescan_api.serve import main as serve
+
+        return serve(args)
     return _run(args)
 
 

@@ -10,8 +10,8 @@ root: nothing marked missing), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM
 The README has the table of every code and its causes.
 
 The commands live in cli_scan.py (scan, register), cli_queue.py (status, failures, faces,
-requeue, rescan), cli_admin.py (db, import-legacy, operator) and people_cli.py (people);
-what they share in cli_common.py.
+requeue, rescan), cli_admin.py (db, import-legacy, operator), people_cli.py (people) and
+serve_cli.py (serve: runs `facescan-detector serve`); what they share in cli_common.py.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import typer
 from facescan_operator import cli_admin, cli_queue, cli_scan
 from facescan_operator.cli_common import UsageCommand
 from facescan_operator.people_cli import people_app
+from facescan_operator.serve_cli import register as register_serve
 
 
 def _version(value: bool) -> None:
@@ -72,6 +73,7 @@ for command in (
 app.command("import-legacy", cls=UsageCommand)(cli_admin.import_legacy)
 app.command(cls=UsageCommand)(cli_admin.operator)
 app.add_typer(people_app, name="people")
+register_serve(app)
 
 
 def main() -> None:

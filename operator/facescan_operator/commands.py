@@ -30,11 +30,7 @@ class Model(StrEnum):
     INSIGHTFACE = "insightface"
 
 
-CASCADES: dict[Model, defaults.Cascade] = {
-    Model.HOG: defaults.HOG_CASCADE,
-    Model.CNN: defaults.CNN_CASCADE,
-    Model.INSIGHTFACE: defaults.INSIGHTFACE_CASCADE,
-}
+CASCADES: dict[Model, defaults.Cascade] = {Model(m): c for m, c in defaults.CASCADES.items()}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
 

@@ -20,6 +20,12 @@ CNN_CASCADE: Cascade = (
 """dlib's CNN at falling scales, then HOG: every image ends detected, at worst by HOG."""
 HOG_CASCADE: Cascade = (("hog", 1.0),)
 INSIGHTFACE_CASCADE: Cascade = (("insightface", 1.0), ("insightface", 0.5), ("hog", 1.0))
+CASCADES: dict[str, Cascade] = {
+    "hog": HOG_CASCADE,
+    "cnn": CNN_CASCADE,
+    "insightface": INSIGHTFACE_CASCADE,
+}
+"""The cascade of each model a user picks (`scan --model`, `serve --model`)."""
 
 DEFAULT_CASCADE = CNN_CASCADE
 DEFAULT_MAX_DIMENSION = 1280

@@ -242,15 +242,19 @@ def test_lock_files_pin_every_requirement_with_sha256_hashes(name: str) -> None:
         assert all(SHA256.match(h) for h in hashes), (package, hashes)
 
 
-@pytest.mark.parametrize("extra", ["detector", "operator"])
-def test_each_lock_pins_every_requirement_of_its_extra(extra: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "locked_in"),
+    # the detector image also serves the HTTP API (facescan serve, the chart's api)
+    [("detector", "detector"), ("api", "detector"), ("operator", "operator")],
+)
+def test_each_lock_pins_every_requirement_of_its_extra(extra: str, locked_in: str) -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = [Requirement(r) for r in project["dependencies"]]
     wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
-    pins = lock(f"{extra}.lock")
+    pins = lock(f"{locked_in}.lock")
     for requirement in wanted:
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{extra}.lock lacks {requirement}"
+        assert name in pins, f"{locked_in}.lock lacks {requirement}"
         assert requirement.specifier.contains(pins[name][0]), (requirement, pins[name][0])
 
 

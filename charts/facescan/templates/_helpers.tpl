@@ -72,3 +72,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resourceNames: {{ include "facescan.secretNames" . }}
   verbs: [get]
 {{- end -}}
+
+{{/* The HTTP API (api.enabled): its own name and component, so that neither Deployment
+     selects the other's pods. */}}
+{{- define "facescan.apiSelectorLabels" -}}
+app.kubernetes.io/name: facescan-api
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "facescan.apiLabels" -}}
+{{ include "facescan.apiSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: api
+app.kubernetes.io/part-of: facescan
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}

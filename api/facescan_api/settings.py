@@ -1,0 +1,106 @@
+"""What ``facescan serve`` serves and how: its settings, from the environment (FACESCAN_*)
+and the command line (which wins).
+
+Read by the serve command (``facescan_api.serve``); the app, the worker pool and the
+workers get the parts they need. Nothing here imports FastAPI, so the detector's command
+line can build its ``serve`` options without the ``api`` extra installed.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+"""Hosts ``--no-auth`` may serve on: this machine only."""
+
+
+class ServeSettings(BaseSettings):
+    """One API server: where it listens, its detector pool and its API keys."""
+
+    model_config = SettingsConfigDict(env_prefix="FACESCAN_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 (every interface, e.g. in a pod) needs API keys."""
+
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    workers: int = Field(default=1, ge=1, le=256)
+    """Detector processes; each loads its model once, at start."""
+
+    queue: int | None = Field(default=None, ge=0)
+    """Requests that may wait for a busy worker (default 2 x workers); beyond that,
+    /detect answers 503 with Retry-After at once."""
+
+    model: Literal["hog", "cnn", "insightface"] = "hog"
+    """The model each worker loads; cnn and insightface step down their cascade (smaller
+    scales, then hog) when memory runs out."""
+
+    model_dir: Path | None = None
+    """InsightFace ONNX models directory (det_*.onnx + w600k_*.onnx)."""
+
+    max_dimension: int = Field(default=DEFAULT_MAX_DIMENSION, ge=0)
+    """Long side images are capped at before detection; 0 for no cap."""
+
+    hog_upsample: int = Field(default=1, ge=0, le=3)
+    """dlib upsamplings for hog and cnn (1 finds faces down to ~40 px)."""
+
+    threads: int = Field(default=0, ge=0)
+    """CPU threads of each worker for hog; 0: the usable CPUs shared among the workers."""
+
+    image_timeout_s: float = Field(default=300.0, gt=0)
+    """Loading and detecting one upload are cut after this (its worker is replaced)."""
+
+    max_upload_mb: float = Field(default=50.0, gt=0)
+    """Largest request body /detect reads (413 beyond it, before reading it)."""
+
+    api_keys: SecretStr | None = None
+    """Bearer API keys, comma-separated (FACESCAN_API_KEYS, from a Secret); no default."""
+
+    no_auth: bool = False
+    """Serve without keys: allowed on a loopback host only."""
+
+    def queue_size(self) -> int:
+        """How many requests may wait for a worker."""
+        return 2 * self.workers if self.queue is None else self.queue
+
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def keys(self) -> tuple[bytes, ...]:
+        """The API keys (empty ones dropped), as bytes for constant-time comparison."""
+        if self.api_keys is None:
+            return ()
+        raw = self.api_keys.get_secret_value().split(",")
+        return tuple(key.strip().encode() for key in raw if key.strip())
+
+    def refusal(self) -> str | None:
+        """Why this server must not start (keys missing, --no-auth off loopback), or None."""
+        if self.no_auth:
+            if self.host not in LOOPBACK:
+                return (
+                    f"--no-auth serves this machine only (--host 127.0.0.1 or ::1), "
+                    f"not {self.host}: set FACESCAN_API_KEYS instead"
+                )
+            return None
+        if not self.keys():
+            return (
+                "no API keys: set FACESCAN_API_KEYS (comma-separated; from a Secret), or "
+                "pass --no-auth on 127.0.0.1"
+            )
+        return None
+
+
+def key_matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
+    """Whether ``given`` is one of ``keys``, in time independent of where they differ
+    (every key is compared, with hmac.compare_digest)."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key)
+    return found
