@@ -19,12 +19,18 @@ def _read(name: str) -> str:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """Every query of ``queries.sql`` keyed by its ``-- name:`` header."""
-    text = _read("queries.sql")
+def named_queries(package: str, name: str = "queries.sql") -> dict[str, str]:
+    """Every query of a package's SQL file keyed by its ``-- name:`` header (the queue's,
+    and the people's: facescan_people.queries)."""
+    text = files(package).joinpath(name).read_text(encoding="utf-8")
     parts = _NAME.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def queries() -> dict[str, str]:
+    """Every query of ``queries.sql`` keyed by its ``-- name:`` header."""
+    return named_queries(__package__ or "facescan_queue")
 
 
 def query(name: str) -> str:
