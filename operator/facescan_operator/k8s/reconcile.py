@@ -142,19 +142,15 @@ async def observe(
     )
 
 
+@dataclass
 class JobRunner:
     """The loop's Runner port as Kubernetes Jobs: a worker is a detector Job."""
 
-    def __init__(
-        self, scan: ScanRef, spec: FaceScanSpec, queue: Queue, kube: KubeApi, library: str
-    ) -> None:
-        self.scan, self.spec, self.queue, self.kube, self.library = (
-            scan,
-            spec,
-            queue,
-            kube,
-            library,
-        )
+    scan: ScanRef
+    spec: FaceScanSpec
+    queue: Queue
+    kube: KubeApi
+    library: str
 
     async def release(self, release: Release) -> Released:
         return await self.queue.release(release.owner, charge=release.charge, error=release.reason)
