@@ -1298,6 +1298,52 @@ LANGUAGE sql STABLE SECURITY DEFINER AS $$
     ORDER BY i.path
 $$;
 
+-- People, as the operator sees them -------------------------------------------------------
+
+-- The people of a library and its faces by assignment: assigned (matched, to a person),
+-- pending (a suggestion for a person) and unassigned (nobody's, or not considered by
+-- matching yet). For a FaceScan's status: the operator reads it once per people Job.
+CREATE OR REPLACE FUNCTION facescan.people_counts(p_library text)
+RETURNS TABLE (people bigint, assigned bigint, pending bigint, unassigned bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER AS $$
+BEGIN
+    PERFORM facescan.authorize(p_library, true);
+    RETURN QUERY
+    SELECT (SELECT count(*) FROM facescan.people p WHERE p.library = p_library),
+           count(*) FILTER (WHERE fp.status = 'matched'),
+           count(*) FILTER (WHERE fp.status = 'pending'),
+           count(*) FILTER (WHERE fp.person_id IS NULL)
+    FROM facescan.faces f
+    JOIN facescan.images i ON i.id = f.image_id
+    LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
+    WHERE i.library = p_library;
+END
+$$;
+
+-- Sets a library's matching distances (NULL keeps the current value; a row with the
+-- defaults is made first): a FaceScan's spec.people, written by the operator.
+CREATE OR REPLACE FUNCTION facescan.set_people_settings(
+    p_library text,
+    p_dlib_match real DEFAULT NULL,
+    p_dlib_auto_tag real DEFAULT NULL,
+    p_arcface_match real DEFAULT NULL,
+    p_arcface_auto_tag real DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    PERFORM facescan.authorize(p_library, true);
+    INSERT INTO facescan.people_settings (library) VALUES (p_library)
+    ON CONFLICT (library) DO NOTHING;
+    UPDATE facescan.people_settings SET
+        dlib_match_distance = coalesce(p_dlib_match, dlib_match_distance),
+        dlib_auto_tag_distance = coalesce(p_dlib_auto_tag, dlib_auto_tag_distance),
+        arcface_match_distance = coalesce(p_arcface_match, arcface_match_distance),
+        arcface_auto_tag_distance = coalesce(p_arcface_auto_tag, arcface_auto_tag_distance),
+        updated_at = now()
+    WHERE library = p_library;
+END
+$$;
+
 -- Search path of the SECURITY DEFINER functions -----------------------------------------
 
 -- Each runs with pg_catalog first, then the schema of pgvector (its vector type) and

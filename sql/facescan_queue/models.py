@@ -27,6 +27,26 @@ class LibraryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class PeopleCounts:
+    """A library's people and its faces by assignment (facescan.people_counts)."""
+
+    people: int = 0
+    assigned: int = 0
+    pending: int = 0
+    unassigned: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MatchDistances:
+    """A library's matching distances per embedding model; None keeps the stored one."""
+
+    dlib_match: float | None = None
+    dlib_auto_tag: float | None = None
+    arcface_match: float | None = None
+    arcface_auto_tag: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Library:
     """A library as stored."""
 

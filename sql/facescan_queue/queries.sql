@@ -190,3 +190,9 @@ SELECT facescan.rescan($1, false, ARRAY(
 -- (NULL: none waits).
 SELECT min(next_attempt_at) FROM facescan.images
 WHERE library = $1 AND state = 'pending' AND missing_since IS NULL AND next_attempt_at > now();
+
+-- name: people_counts
+SELECT * FROM facescan.people_counts($1);
+
+-- name: set_people_settings
+SELECT facescan.set_people_settings($1, $2, $3, $4, $5);

@@ -29,7 +29,9 @@ from facescan_queue.models import (
     LeaseInfo,
     Library,
     LibraryPolicy,
+    MatchDistances,
     NewImage,
+    PeopleCounts,
     QueueStatus,
     RecentOutcomes,
     Registered,
@@ -470,6 +472,23 @@ class Queue:
         """Attempts finished between two clocks, by (outcome, failure type)."""
         rows = await self._fetch("attempt_outcomes", library, since.now, until.now, since.from_id)
         return {(r["outcome"], r["error_type"]): r["attempts"] for r in rows}
+
+    async def people_counts(self, library: str) -> PeopleCounts:
+        """The library's people and its faces by assignment (one pass over its faces)."""
+        row = (await self._fetch("people_counts", library))[0]
+        return PeopleCounts(*(int(v) for v in row))
+
+    async def set_people_settings(self, library: str, distances: MatchDistances) -> None:
+        """Sets the library's matching distances (those given)."""
+        d = distances
+        await self._fetch(
+            "set_people_settings",
+            library,
+            d.dlib_match,
+            d.dlib_auto_tag,
+            d.arcface_match,
+            d.arcface_auto_tag,
+        )
 
     async def libraries(self) -> list[str]:
         """Every library's name."""

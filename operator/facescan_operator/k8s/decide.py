@@ -17,14 +17,22 @@ from typing import Any
 
 from facescan_operator.breaker import BreakerState, CircuitBreaker
 from facescan_operator.k8s import holds as holding
-from facescan_operator.k8s import register, stuck
+from facescan_operator.k8s import people, register, stuck
 from facescan_operator.k8s.holds import Stuck
 from facescan_operator.k8s.observe import JobView, PodTrouble
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import status_of
+from facescan_operator.k8s.utility_jobs import UtilityJob
 from facescan_operator.loop import Launch, Observation, Plan, Policy, Pool, decide
 from facescan_operator.sizing import MIB, CalibrationTable
-from facescan_queue.models import GroupCount, LeaseInfo, LibraryPolicy, QueueStatus
+from facescan_queue.models import (
+    GroupCount,
+    LeaseInfo,
+    LibraryPolicy,
+    MatchDistances,
+    PeopleCounts,
+    QueueStatus,
+)
 
 Event = tuple[str, str, str]
 """(type, reason, message) of a Kubernetes Event on the FaceScan."""
@@ -91,6 +99,9 @@ class ScanObservation:
     """The FaceScan's status as the tick found it."""
     written: LibraryPolicy | None = None
     """The library policy this operator last wrote (None: not yet)."""
+    people_jobs: Sequence[UtilityJob] = ()
+    people_counts: PeopleCounts | None = None
+    """Read for the newest people Job that succeeded (not read yet: None)."""
 
 
 @dataclass
@@ -103,6 +114,9 @@ class ScanPlan:
     """The library policy to write first (the spec changed, or the operator started)."""
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    people: people.PeoplePlan | None = None
+    distances: MatchDistances | None = None
+    """The library's matching distances to write (with the library policy)."""
 
     def lines(self) -> list[str]:
         """The plan as a person reads it."""
@@ -112,6 +126,7 @@ class ScanPlan:
             *self.loop.lines(),
             *(f"delete register Job {name}" for name in self.registering.delete),
             *(["create a register Job"] if self.registering.create else []),
+            *(["create a people Job"] if self.people and self.people.create else []),
             *(f"event {kind} {reason}: {message}" for kind, reason, message in self.events),
             f"status: {self.status.get('phase')} {self.status.get('progress')}",
         ]
@@ -180,7 +195,19 @@ def decide_scan(
     events += registering.events
 
     counts = seen.counts
-    if counts.pending == 0 and counts.leased == 0:
+    settled = counts.pending == 0 and counts.leased == 0
+    # the new faces matched to the known people, by a Job (k8s/people.py)
+    peopling = people.decide(
+        spec,
+        seen.people_jobs,
+        people.PeopleSync.of(seen.previous),
+        counts.faces,
+        settled,
+        now,
+        seen.people_counts,
+    )
+    events += peopling.events
+    if settled:
         holds = []  # nothing left to run: nothing held back
     before_dead = ((seen.previous.get("counts") or {}).get("dead")) or 0
     if counts.dead > before_dead:
@@ -209,12 +236,17 @@ def decide_scan(
         queued_jobs=queued,
     )
     status["registration"] = registering.registration.as_json()
+    if spec.people.enabled or peopling.state != people.PeopleSync():
+        status["people"] = peopling.state.as_json()
     library = policy_of(spec)
+    write = library != seen.written
     return ScanPlan(
         planned,
         [(s, views[s.job], s.job in leases) for s in found],
         registering,
-        library if library != seen.written else None,
+        library if write else None,
         status,
         events,
+        peopling,
+        spec.people.distances() if write and spec.people.enabled else None,
     )

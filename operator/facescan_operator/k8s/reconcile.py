@@ -27,7 +27,7 @@ from typing import Any
 
 from facescan_operator import loop
 from facescan_operator.breaker import CircuitBreaker
-from facescan_operator.k8s import register, stuck
+from facescan_operator.k8s import people, register, stuck
 from facescan_operator.k8s.decide import Event, ScanObservation, ScanPlan, decide_scan
 from facescan_operator.k8s.jobs import (
     LABEL_COMPONENT,
@@ -44,6 +44,7 @@ from facescan_operator.k8s.ports import KubeApi as KubeApi
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.status import changed as changed
 from facescan_operator.k8s.status import status_of as status_of
+from facescan_operator.k8s.utility_jobs import view
 from facescan_operator.settlement import Release
 from facescan_operator.sizing import CalibrationTable
 from facescan_queue.models import AttemptClock, LibraryPolicy, Released
@@ -126,6 +127,10 @@ async def observe(
     )
     was = breaker.state
     breaker.observe(outcomes, now.timestamp())
+    people_jobs = view(by_component.get(people.COMPONENT, []))
+    last = people.PeopleSync.of(previous_status).last_job
+    # the library's people counts, once for each people Job that succeeded
+    fresh = [j for j in people_jobs if j.succeeded and j.name != last]
     return ScanObservation(
         now=now,
         jobs=jobs,
@@ -139,6 +144,8 @@ async def observe(
         breaker_was=was,
         previous=previous_status,
         written=written,
+        people_jobs=people_jobs,
+        people_counts=await queue.people_counts(library) if fresh else None,
     )
 
 
@@ -175,6 +182,8 @@ async def apply(
     queue, namespace, events = runner.queue, runner.scan.namespace, outcome.events
     if plan.library is not None:
         await queue.ensure_library(runner.library, plan.library)
+    if plan.distances is not None:
+        await queue.set_people_settings(runner.library, plan.distances)
     for found, job, leased in plan.stuck:
         await stuck.hand_back(
             queue,
@@ -221,3 +230,12 @@ async def apply(
             namespace, register.build_register_job(runner.scan, runner.spec, name)
         )
         events.append(("Normal", "RegisterJobCreated", f"{name}: registers the library's files"))
+    peopling = plan.people
+    if peopling is not None:
+        await asyncio.gather(*(runner.kube.delete_job(namespace, n) for n in peopling.delete))
+    if peopling is not None and peopling.create:
+        name = people.people_job_name(runner.scan.name)
+        await runner.kube.create_job(
+            namespace, people.build_people_job(runner.scan, runner.spec, name)
+        )
+        events.append(("Normal", "PeopleJobCreated", f"{name}: matches new faces to people"))

@@ -16,17 +16,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from facescan_operator.k8s.jobs import (
-    LABEL_COMPONENT,
-    ScanRef,
-    detector_security,
-    job_name,
-    owner_reference,
-    placement,
-    scan_labels,
+from facescan_operator.k8s.jobs import ScanRef, job_name
+from facescan_operator.k8s.observe import parse_time, stamp
+from facescan_operator.k8s.spec import FaceScanSpec
+from facescan_operator.k8s.utility_jobs import (
+    UtilityJob,
+    component_labels,
+    utility_job,
 )
-from facescan_operator.k8s.observe import job_end, parse_time, stamp
-from facescan_operator.k8s.spec import FaceScanSpec, NodePool
+from facescan_operator.k8s.utility_jobs import view as view
 
 COMPONENT = "register"
 RETRY_AFTER = timedelta(minutes=5)
@@ -37,18 +35,11 @@ DEADLINE_S = 6 * 3600
 
 def register_labels(scan: ScanRef) -> dict[str, str]:
     """The labels of the FaceScan's register Jobs (reconcile tells them apart by component)."""
-    return {**scan_labels(scan), LABEL_COMPONENT: COMPONENT}
+    return component_labels(scan, COMPONENT)
 
 
-@dataclass(frozen=True)
-class RegisterJob:
-    """A register Job as the API server lists it."""
-
-    name: str
-    created_at: datetime | None
-    finished_at: datetime | None = None
-    succeeded: bool | None = None
-    """None while it runs."""
+RegisterJob = UtilityJob
+"""A register Job as the API server lists it."""
 
 
 @dataclass(frozen=True)
@@ -82,22 +73,6 @@ class RegisterPlan:
     create: bool = False
     delete: list[str] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
-
-
-def view(jobs: Sequence[Mapping[str, Any]]) -> list[RegisterJob]:
-    """The register Jobs, oldest first."""
-    views = []
-    for job in jobs:
-        meta, end = job.get("metadata") or {}, job_end(job)
-        views.append(
-            RegisterJob(
-                meta["name"],
-                parse_time(meta.get("creationTimestamp")),
-                end.at if end else None,
-                end.succeeded if end else None,
-            )
-        )
-    return sorted(views, key=lambda j: (j.created_at is None, j.created_at or datetime.min))
 
 
 def decide(
@@ -146,72 +121,18 @@ def decide(
 
 def build_register_job(scan: ScanRef, spec: FaceScanSpec, name: str) -> dict[str, Any]:
     """`facescan register` of the library, in the detector image, the library read-only."""
-    labels = register_labels(scan)
     library = spec.library_name(scan.namespace, scan.name)
-    container: dict[str, Any] = {
-        "name": "register",
-        "image": spec.detector.image,
-        "imagePullPolicy": spec.detector.image_pull_policy,
-        "command": ["facescan"],
-        "args": ["register", spec.library.mount_path, "--library", library, "--json"],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "env": [
-            {
-                "name": "FACESCAN_DSN",
-                "valueFrom": {
-                    "secretKeyRef": {"name": spec.database.secret_name, "key": spec.database.key}
-                },
-            },
-            {"name": "HOME", "value": "/tmp"},
-        ],
+    return utility_job(
+        scan,
+        spec,
+        name,
+        COMPONENT,
+        ["register", spec.library.mount_path, "--library", library, "--json"],
         # header reads only; a library of millions of paths is held in memory once
-        "resources": {
-            "requests": {"cpu": "250m", "memory": "512Mi"},
-            "limits": {"memory": "2Gi"},
-        },
-        "volumeMounts": [
-            {"name": "library", "mountPath": spec.library.mount_path, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    }
-    pod, container["securityContext"] = detector_security()
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": scan.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference(scan)],
-        },
-        "spec": {
-            "backoffLimit": 1,
-            "activeDeadlineSeconds": DEADLINE_S,
-            # the operator deletes it once read; this is the backstop for an operator gone
-            "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished + 3600,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod,
-                    "containers": [container],
-                    **placement(_cpu_pool(spec)),
-                    "volumes": [
-                        {"name": "library", **spec.library.volume},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                    ],
-                },
-            },
-        },
-    }
-
-
-def _cpu_pool(spec: FaceScanSpec) -> NodePool:
-    """Where a register Job runs: the first pool without GPUs (it needs none), else the
-    first pool."""
-    return next((pool for pool in spec.pools if not pool.is_gpu), spec.pools[0])
+        resources={"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        deadline_s=DEADLINE_S,
+        library_volume=True,
+    )
 
 
 def register_job_name(scan_name: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facescan_queue import defaults
+from facescan_queue.models import MatchDistances
 
 ModelName = Literal["hog", "cnn", "insightface"]
 
@@ -106,6 +107,29 @@ DEFAULT_CASCADE = tuple(
 CPU_POOL = NodePool(name="cpu", models=("hog", "cnn", "insightface"))
 
 
+class MatchBand(_Spec):
+    """Matching distances of one embedding model (None: the library's, by default
+    face_recognition's 0.6 and 0.5 for dlib, 0.5 and 0.4 in 1 - cosine for ArcFace)."""
+
+    match_distance: float | None = Field(default=None, alias="matchDistance", gt=0, le=2)
+    auto_tag_distance: float | None = Field(default=None, alias="autoTagDistance", gt=0, le=2)
+
+
+class People(_Spec):
+    enabled: bool = False
+    sync_interval_seconds: int = Field(default=600, alias="syncIntervalSeconds", ge=60)
+    dlib: MatchBand = Field(default_factory=MatchBand)
+    arcface: MatchBand = Field(default_factory=MatchBand)
+
+    def distances(self) -> MatchDistances:
+        return MatchDistances(
+            self.dlib.match_distance,
+            self.dlib.auto_tag_distance,
+            self.arcface.match_distance,
+            self.arcface.auto_tag_distance,
+        )
+
+
 class FaceScanSpec(_Spec):
     suspend: bool = False
     database: Database
@@ -121,6 +145,7 @@ class FaceScanSpec(_Spec):
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy, alias="retryPolicy")
     node_pools: tuple[NodePool, ...] = Field(default=(), alias="nodePools")
     kueue_queue_name: str | None = Field(default=None, alias="kueueQueueName")
+    people: People = Field(default_factory=People)
 
     @model_validator(mode="after")
     def _every_step_has_a_pool(self) -> FaceScanSpec:

@@ -95,6 +95,9 @@ def test_crd_defaults_are_the_operators_defaults() -> None:
     assert retry["backoffBaseSeconds"]["default"] == parsed.retry_policy.backoff_base_seconds
     assert retry["backoffCapSeconds"]["default"] == parsed.retry_policy.backoff_cap_seconds
     assert spec_schema["database"]["properties"]["key"]["default"] == parsed.database.key
+    people = spec_schema["people"]["properties"]
+    assert people["enabled"]["default"] is parsed.people.enabled
+    assert people["syncIntervalSeconds"]["default"] == parsed.people.sync_interval_seconds
     cpu = spec_schema["detector"]["properties"]["cpu"]
     assert (cpu["default"], cpu["pattern"]) == (parsed.detector.cpu, CPU_PATTERN)
 

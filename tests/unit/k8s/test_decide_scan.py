@@ -141,3 +141,24 @@ def test_progress_leaves_missing_images_out() -> None:
     assert plan.status["progress"] == "8/8"
     assert plan.status["phase"] == "Completed"
     assert plan.status["counts"]["missing"] == 2
+
+
+def test_a_facescan_with_people_matches_its_new_faces_once_detection_settles() -> None:
+    s = spec(people={"enabled": True, "dlib": {"matchDistance": 0.55}})
+    first = tick(s, seen(counts=QueueStatus(images=10, done=10, faces=12)))
+    assert first.people is not None
+    assert first.people.create
+    assert first.status["people"]["startedFaces"] == 12
+    assert first.distances is not None
+    assert first.distances.dlib_match == 0.55  # written with the library's policy
+    assert "create a people Job" in first.lines()
+    # detection still running, and the library already synced a moment ago: not yet
+    busy = seen(
+        counts=QueueStatus(images=10, pending=4, done=6, faces=12),
+        previous={"people": {"syncedFaces": 8, "syncedAt": "2026-12-03T11:59:00Z"}},
+        written=policy_of(s),
+    )
+    later = tick(s, busy)
+    assert later.people is not None
+    assert not later.people.create
+    assert later.distances is None
