@@ -1,4 +1,5 @@
-"""`facescan people`: match faces to known people (add, list, show, rename, hide, sync).
+"""`facescan people`: match faces to known people (add, list, show, rename, hide, sync);
+cluster, merge, move, remove, undo and suggest are people_actions_cli.py's, registered here.
 
 Registered in cli.py as the `people` sub-app; its options and the way it opens the
 database are every command's (cli_common.py). Each command opens the database as the
@@ -9,23 +10,20 @@ never scanned or without that face) exit 2 with their message, never a traceback
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from facescan_operator import commands
+from facescan_operator import commands, people_actions_cli
 from facescan_operator.cli_common import (
-    EXIT_USAGE,
     DataDirOption,
     DsnOption,
     JsonOption,
     LibraryOption,
     UsageCommand,
     emit,
-    run,
 )
 from facescan_people import directory
 from facescan_people.enrol import Enrolled, Reference, add_person
@@ -34,7 +32,6 @@ from facescan_people.errors import (
     MixedLibraries,
     NoFace,
     NotScanned,
-    PeopleError,
 )
 from facescan_people.repository import PeopleDb
 from facescan_people.sync import BATCH_SIZE, sync
@@ -57,11 +54,7 @@ def _people(
     main: Callable[[PeopleDb, Queue], Awaitable[T]], dsn: str | None, data_dir: Path | None
 ) -> T:
     """Runs ``main`` on the database as every command does; bad input exits 2."""
-    try:
-        return run(lambda queue, _: main(PeopleDb(queue), queue), dsn, data_dir)
-    except PeopleError as exc:
-        print(f"facescan: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE) from None
+    return people_actions_cli.people_command(main, dsn, data_dir)
 
 
 @people_app.command("add", cls=UsageCommand)
@@ -195,7 +188,7 @@ def list_people(
         data_dir,
     )
     lines = [
-        f"{p.name}\t{commands.plural(p.matched, 'face')}, {p.pending} pending\t{p.library}"
+        f"{p.display}\t{commands.plural(p.matched, 'face')}, {p.pending} pending\t{p.library}"
         + ("\thidden" if p.hidden else "")
         for p in people
     ]
@@ -219,7 +212,8 @@ def show(
     faces = result["faces"]
     pending = sum(f["status"] == "pending" for f in faces)
     lines = [
-        f"{result['name']} ({result['library']}): {commands.plural(len(faces) - pending, 'face')}"
+        f"{result['display']} ({result['library']}): "
+        f"{commands.plural(len(faces) - pending, 'face')}"
         f", {pending} pending" + (", hidden" if result["hidden"] else "")
     ]
     for f in faces:
@@ -286,3 +280,6 @@ def sync_people(
 
     report = _people(main, dsn, data_dir)
     emit(report.as_json(), as_json, report.text())
+
+
+people_actions_cli.register(people_app)

@@ -12,6 +12,7 @@ automatic match of another person, is left alone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,8 @@ def check_name(name: str) -> str:
         raise InvalidName("a person's name cannot be empty")
     if any(ord(c) < 32 or ord(c) == 127 for c in clean):
         raise InvalidName(f"a person's name cannot hold control characters: {clean!r}")
+    if re.fullmatch(r"(?:unnamed )?#\d+", clean):
+        raise InvalidName(f"{clean!r} names an unnamed person by id: choose another name")
     return clean
 
 

@@ -49,3 +49,19 @@ class MixedLibraries(PeopleError):
 
 class InvalidCursor(PeopleError):
     """An --after value that no listing printed."""
+
+
+class UnknownFace(PeopleError):
+    """A face id that no face has (`facescan faces PHOTO --json` prints them)."""
+
+
+class PhotoClash(PeopleError):
+    """A merge or move that would give one person two faces of one photo."""
+
+
+class SamePerson(PeopleError):
+    """A merge of a person with themselves."""
+
+
+class NothingToUndo(PeopleError):
+    """No merge, move or removal left to undo (in that library)."""

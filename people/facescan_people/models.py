@@ -149,21 +149,32 @@ class SyncReport:
         )
 
 
+def display_name(name: str | None, person_id: int) -> str:
+    """How a person is shown: their name, or "unnamed #<id>" for one made by clustering."""
+    return name if name is not None else f"unnamed #{person_id}"
+
+
 @dataclass(frozen=True)
 class Person:
-    """A known person, with how many faces are theirs."""
+    """A known person, with how many faces are theirs; ``name`` None: unnamed (a cluster)."""
 
     id: int
     library: str
-    name: str
+    name: str | None
     hidden: bool
     matched: int
     pending: int
     created_at: datetime
 
+    @property
+    def display(self) -> str:
+        return display_name(self.name, self.id)
+
     def as_json(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "name": self.name,
+            "display": self.display,
             "library": self.library,
             "hidden": self.hidden,
             "matched": self.matched,

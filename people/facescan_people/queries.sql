@@ -119,16 +119,16 @@ WHERE face_people.source IS NULL OR face_people.source = 'automatic'
 
 -- name: assignments_of
 -- Who has faces $1 now (no row: not considered yet).
-SELECT fp.face_id, p.name AS person, fp.source::text AS source
+SELECT fp.face_id, coalesce(p.name, 'unnamed #' || p.id) AS person, fp.source::text AS source
 FROM facescan.face_people fp
 JOIN facescan.people p ON p.id = fp.person_id
 WHERE fp.face_id = ANY($1::bigint[]);
 
 -- name: faces_of_image
 -- The faces of one image in the order `facescan faces` lists them (its --face numbers),
--- each with its person, if any.
+-- each with its person, if any (an unnamed one as "unnamed #<id>").
 SELECT f.id AS face_id, f.image_id, f.box_top, f.box_right, f.box_bottom, f.box_left,
-       p.name AS person, fp.distance, fp.status::text AS status, fp.source::text AS source
+       coalesce(p.name, 'unnamed #' || p.id) AS person, fp.distance, fp.status::text AS status, fp.source::text AS source
 FROM facescan.faces f
 LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
 LEFT JOIN facescan.people p ON p.id = fp.person_id
@@ -146,8 +146,9 @@ WHERE name = $1 AND ($2::text IS NULL OR library = $2)
 ORDER BY library;
 
 -- name: list_people
--- People after the cursor ($3 name, $4 library) in (name, library) order, hidden ones
--- with $2, of library $1 (NULL: every library), with their faces counted.
+-- People after the cursor ($3 unnamed, $4 name, $5 library, $6 id) in (name, library)
+-- order, unnamed people last by id, hidden ones with $2, of library $1 (NULL: every
+-- library), with their faces counted; $7 at most.
 SELECT p.id, p.library, p.name, p.hidden, p.created_at,
        (SELECT count(*) FROM facescan.face_people fp
         WHERE fp.person_id = p.id AND fp.status = 'matched')::integer AS matched,
@@ -155,9 +156,10 @@ SELECT p.id, p.library, p.name, p.hidden, p.created_at,
         WHERE fp.person_id = p.id AND fp.status = 'pending')::integer AS pending
 FROM facescan.people p
 WHERE ($1::text IS NULL OR p.library = $1) AND ($2 OR NOT p.hidden)
-  AND (p.name, p.library) > ($3::text, $4::text)
-ORDER BY p.name, p.library
-LIMIT $5;
+  AND (p.name IS NULL, coalesce(p.name, ''), p.library, p.id)
+      > ($3::boolean, $4::text, $5::text, $6::bigint)
+ORDER BY p.name IS NULL, coalesce(p.name, ''), p.library, p.id
+LIMIT $7;
 
 -- name: person_faces
 -- A person's faces: tagged and confirmed ones first, then pending, nearest first.

@@ -31,6 +31,14 @@ class Tx:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
+    async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        """Rows of one named query, in this transaction."""
+        return list(await self._conn.fetch(query(name), *args))
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        """The first value of one named query, in this transaction."""
+        return await self._conn.fetchval(query(name), *args)
+
     async def thresholds(self, library: str) -> Thresholds:
         return Thresholds.from_row(await self._conn.fetchrow(query("settings"), library))
 

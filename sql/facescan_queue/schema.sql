@@ -290,7 +290,9 @@ CREATE TABLE facescan.people_settings (
 CREATE TABLE facescan.people (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     library text NOT NULL REFERENCES facescan.libraries (name) ON DELETE CASCADE,
-    name text NOT NULL CONSTRAINT people_name_valid
+    -- NULL: an unnamed person, made by clustering (migration 7; "unnamed #<id>"); the
+    -- unique (library, name) below holds among named people only (NULLs are distinct)
+    name text CONSTRAINT people_name_valid
         CHECK (name <> '' AND name = btrim(name) AND name !~ '[[:cntrl:]]'),
     hidden boolean NOT NULL DEFAULT false,
     -- the face shown for the person (the first reference face by default)
@@ -337,6 +339,52 @@ BEGIN
 END
 $$;
 
+-- People's clusters (migration 7): rejected faces and the undo log of the user's
+-- merges, moves and removals (see migrations/0007_people_clusters.sql).
+CREATE TABLE facescan.face_rejections (
+    face_id bigint NOT NULL REFERENCES facescan.faces (id) ON DELETE CASCADE,
+    person_id bigint NOT NULL REFERENCES facescan.people (id) ON DELETE CASCADE,
+    rejected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (face_id, person_id)
+);
+CREATE INDEX face_rejections_person ON facescan.face_rejections (person_id);
+
+CREATE TYPE facescan.people_action AS ENUM ('merge', 'move', 'remove');
+
+-- undo: what reverses the action (facescan_people.actions writes and reads it); undone_at
+-- set once it was undone. One library's actions are undone newest first.
+CREATE TABLE facescan.people_actions (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    library text NOT NULL REFERENCES facescan.libraries (name) ON DELETE CASCADE,
+    action facescan.people_action NOT NULL,
+    summary text NOT NULL,
+    undo jsonb NOT NULL,
+    done_at timestamptz NOT NULL DEFAULT now(),
+    undone_at timestamptz
+);
+CREATE INDEX people_actions_undoable ON facescan.people_actions (library, id DESC)
+    WHERE undone_at IS NULL;
+
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOR v_role IN
+        SELECT r.rolname FROM pg_roles r
+        WHERE r.oid <> (SELECT nspowner FROM pg_namespace WHERE nspname = 'facescan')
+          AND has_table_privilege(r.oid, 'facescan.images', 'SELECT')
+          AND has_table_privilege(r.oid, 'facescan.images', 'INSERT')
+          AND has_table_privilege(r.oid, 'facescan.images', 'UPDATE')
+          AND has_table_privilege(r.oid, 'facescan.images', 'DELETE')
+          AND NOT r.rolsuper
+        ORDER BY r.rolname
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON facescan.face_rejections, '
+                       'facescan.people_actions TO %I', v_role);
+    END LOOP;
+END
+$$;
+
 -- A view shaped like the older worker's face_detection_failures table.
 CREATE VIEW facescan.face_detection_failures AS
 SELECT
@@ -362,3 +410,4 @@ INSERT INTO facescan.schema_version (version, description) VALUES (3, 'library r
 INSERT INTO facescan.schema_version (version, description) VALUES (4, 'changed and missing files');
 INSERT INTO facescan.schema_version (version, description) VALUES (5, 'people');
 INSERT INTO facescan.schema_version (version, description) VALUES (6, 'library max dimension');
+INSERT INTO facescan.schema_version (version, description) VALUES (7, 'people clusters');
