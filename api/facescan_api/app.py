@@ -2,7 +2,8 @@
 
 ``create_app`` is called by the serve command (``facescan_api.serve``) with a started
 worker pool and, when a database is configured, its probe; tests call it the same way.
-Routes: POST /detect (every route but health needs an API key: ``guard``), GET /health,
+Routes: POST /detect, POST /process and GET /process/{job_id} (``process``; every route
+but health needs an API key: ``guard``), GET /health,
 /health/live, /health/ready, /metrics and /openapi.json. Every error answer is an
 :class:`~facescan_api.models.ErrorBody`; a bad upload is a 4xx, never a 500.
 """
@@ -10,6 +11,7 @@ Routes: POST /detect (every route but health needs an API key: ``guard``), GET /
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Annotated, Any
 
@@ -21,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from facescan_api.guard import Guard, Measure, error_response
 from facescan_api.health import DatabaseProbe
+from facescan_api.jobs import Jobs
 from facescan_api.metrics import ApiMetrics
 from facescan_api.models import (
     Box,
@@ -36,6 +39,7 @@ from facescan_api.models import (
     PoolHealth,
 )
 from facescan_api.pool import Busy, DetectorPool, UploadTimeout, WorkerLost
+from facescan_api.process import process_router
 from facescan_api.work import Detected
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -81,12 +85,16 @@ def create_app(
     keys: tuple[bytes, ...] | None,
     max_upload_bytes: int,
     database: DatabaseProbe | None = None,
+    jobs: Jobs | None = None,
+    kick: Callable[[], None] = lambda: None,
 ) -> FastAPI:
-    """The app over a started ``pool``; ``keys`` None serves without authentication."""
+    """The app over a started ``pool``; ``keys`` None serves without authentication;
+    ``jobs`` None: /process is off."""
     app = FastAPI(
         title="facescan",
         version=version("facescan"),
-        description="Finds the faces in an uploaded photo with facescan's detector.",
+        description="Finds the faces in an uploaded photo with facescan's detector, or in "
+        "a photo by URL or path through facescan's queue, with a signed callback.",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,  # served below, behind the API key
@@ -95,6 +103,7 @@ def create_app(
     app.add_middleware(Guard, keys=keys, max_body=max_upload_bytes)
     app.add_middleware(Measure, metrics=lambda: metrics)
     _handlers(app)
+    app.include_router(process_router(jobs, kick, Authorized))
 
     @app.post(
         "/detect",
@@ -202,11 +211,13 @@ def _handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, error, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         where = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         )
         detail = f"expected a multipart/form-data body with an `image` file ({where})"
+        if request.url.path.startswith("/process"):
+            detail = f"invalid job ({where})"
         return error_response(400, "invalid_request", detail)
 
     @app.exception_handler(Exception)

@@ -26,6 +26,13 @@ ErrorType = Literal[
     "unavailable",
     "model_unavailable",
     "internal",
+    "url_not_allowed",
+    "path_not_allowed",
+    "media_not_found",
+    "media_too_large",
+    "redirect_refused",
+    "job_conflict",
+    "callback_not_configured",
 ]
 
 

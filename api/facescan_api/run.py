@@ -1,5 +1,6 @@
-"""Runs one API server: binds the port, starts the worker pool (models loaded), serves
-with uvicorn until SIGTERM or Ctrl-C, then stops the workers.
+"""Runs one API server: binds the port, starts the worker pool (models loaded) and, with
+a database and --media-dir, /process (``process_service``), serves with uvicorn until
+SIGTERM or Ctrl-C, then stops them.
 
 Called by ``facescan_api.serve.main`` once the settings passed their checks. The
 socket is bound before the models load, so a port in use fails at once; connections
@@ -16,10 +17,12 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from facescan_api.app import create_app
 from facescan_api.health import DatabaseProbe
 from facescan_api.pool import DetectorPool
+from facescan_api.process_service import CannotStart, process_service
 from facescan_api.settings import ServeSettings
 from facescan_api.work import WorkerConfig
 from facescan_detector.backends.hardware import usable_cpus
@@ -92,32 +95,45 @@ async def serve(
             print(f"facescan serve: the detector cannot start: {exc}", file=sys.stderr)
             return EXIT_STARTUP
         probe = DatabaseProbe(dsn, target or "") if dsn else None
-        app = create_app(
-            pool,
-            keys=None if settings.no_auth else settings.keys(),
-            max_upload_bytes=settings.max_upload_bytes(),
-            database=probe,
-        )
-        server = _Server(
-            uvicorn.Config(
-                app,
-                lifespan="off",
-                log_level="info" if verbose else "warning",
-                access_log=verbose,
-                server_header=False,
-                timeout_graceful_shutdown=30,
+        async with process_service(settings, dsn, threads=config.threads) as service:
+            app = create_app(
+                pool,
+                keys=None if settings.no_auth else settings.keys(),
+                max_upload_bytes=settings.max_upload_bytes(),
+                database=probe,
+                jobs=service.jobs if service else None,
+                kick=service.kick if service else lambda: None,
             )
-        )
-        scheme_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(
-            f"facescan serve: http://{scheme_host}:{settings.port} ({settings.workers} "
-            f"{settings.model} worker(s), queue {settings.queue_size()}, "
-            f"{'no authentication' if settings.no_auth else 'API keys required'})",
-            file=sys.stderr,
-            flush=True,
-        )
-        await server.serve(sockets=[sock])
+            await _serve(app, sock, settings, verbose=verbose, process=service is not None)
         return 0
+    except CannotStart as exc:
+        print(f"facescan serve: /process cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     finally:
         pool.close()
         sock.close()
+
+
+async def _serve(
+    app: FastAPI, sock: socket.socket, settings: ServeSettings, *, verbose: bool, process: bool
+) -> None:
+    server = _Server(
+        uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="info" if verbose else "warning",
+            access_log=verbose,
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    scheme_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(
+        f"facescan serve: http://{scheme_host}:{settings.port} ({settings.workers} "
+        f"{settings.model} worker(s), queue {settings.queue_size()}, "
+        f"{'no authentication' if settings.no_auth else 'API keys required'}; "
+        f"/process {'on, library ' + settings.api_library if process else 'off'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    await server.serve(sockets=[sock])

@@ -25,8 +25,10 @@ from facescan_queue.settings import DatabaseSettings, DsnError
 EXIT_STARTUP = 2
 
 DESCRIPTION = (
-    "Serve facescan's HTTP API: POST /detect (multipart `image` -> faces), GET /health, "
-    "/health/live, /health/ready, /metrics, /openapi.json. Every route but health needs "
+    "Serve facescan's HTTP API: POST /detect (multipart `image` -> faces), POST /process "
+    "and GET /process/JOB (jobs through the queue, signed callbacks; with a database and "
+    "--media-dir), GET /health, /health/live, /health/ready, /metrics, /openapi.json. "
+    "Every route but health needs "
     "`Authorization: Bearer KEY`, KEY one of FACESCAN_API_KEYS (comma-separated; there "
     "is no default: without keys it refuses to start, unless --no-auth on 127.0.0.1). "
     "`facescan serve` runs this with the same options. Each option can also come from "
@@ -41,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dsn",
         help="PostgreSQL URL, reported in /health and part of readiness (visible in `ps`: "
-        "prefer FACESCAN_DSN or FACESCAN_DSN_FILE); /detect does not use the database",
+        "prefer FACESCAN_DSN or FACESCAN_DSN_FILE); /process keeps its jobs there (with "
+        "--media-dir), /detect does not use it",
     )
     parser.add_argument(
         "--data-dir",
@@ -102,6 +105,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="serve without API keys: only on 127.0.0.1 or ::1",
+    )
+    parser.add_argument(
+        "--library",
+        dest="api_library",
+        help="library /process registers its images in (default api; FACESCAN_API_LIBRARY)",
+    )
+    parser.add_argument(
+        "--media-dir",
+        type=Path,
+        help="the API library's root, where fetched media are kept; /process needs it and a "
+        "database (FACESCAN_MEDIA_DIR)",
+    )
+    parser.add_argument(
+        "--path-root",
+        dest="path_roots",
+        type=Path,
+        action="append",
+        help="a directory a job's path may be beneath, repeatable (FACESCAN_PATH_ROOTS, "
+        "comma-separated); none: paths refused",
+    )
+    parser.add_argument(
+        "--allow-host",
+        dest="allow_hosts",
+        action="append",
+        help="a host a job's media_url may name, repeatable (FACESCAN_ALLOW_HOSTS, "
+        "comma-separated); none: URLs refused",
+    )
+    parser.add_argument(
+        "--max-media-mb",
+        type=float,
+        help="largest media a job fetches or copies (default 50; FACESCAN_MAX_MEDIA_MB)",
+    )
+    parser.add_argument(
+        "--fetch-timeout",
+        dest="fetch_timeout_s",
+        type=float,
+        help="seconds one media download may take (default 30; FACESCAN_FETCH_TIMEOUT_S)",
+    )
+    parser.add_argument(
+        "--process-workers",
+        type=int,
+        help="detector processes working /process jobs at once (default 1; "
+        "FACESCAN_PROCESS_WORKERS)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
 
@@ -65,6 +65,68 @@ class ServeSettings(BaseSettings):
 
     no_auth: bool = False
     """Serve without keys: allowed on a loopback host only."""
+
+    # -- POST /process: jobs through the queue (with a database and a media directory) --
+
+    api_library: str = Field(default="api", min_length=1)
+    """The library /process registers its images in (FACESCAN_API_LIBRARY, --library)."""
+
+    media_dir: Path | None = None
+    """The API library's root: fetched and copied media are kept here, where the queue's
+    workers read them. /process is off without it (or without a database)."""
+
+    path_roots: Annotated[tuple[Path, ...], NoDecode] = ()
+    """Directories a job's `path` may name a file beneath (FACESCAN_PATH_ROOTS,
+    comma-separated; --path-root, repeatable); none: paths are refused."""
+
+    allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    """Hosts a job's `media_url` may name (FACESCAN_ALLOW_HOSTS, comma-separated;
+    --allow-host, repeatable); none: URLs are refused."""
+
+    max_media_mb: float = Field(default=50.0, gt=0)
+    """Largest media a job may fetch or copy (413 media_too_large beyond it)."""
+
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    """Time limit of one media download, redirects included."""
+
+    process_workers: int = Field(default=1, ge=1, le=64)
+    """`facescan-detector run` processes working the API library at most at once."""
+
+    callback_secret: SecretStr | None = None
+    """HMAC key of callback signatures (FACESCAN_CALLBACK_SECRET, from a Secret); no
+    default: without it a job with a callback_url is refused."""
+
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+    """How long one callback delivery waits for its answer."""
+
+    callback_backoff_s: float = Field(default=5.0, gt=0)
+    """Wait after a delivery's first failure; doubled after each, up to the cap."""
+
+    callback_backoff_cap_s: float = Field(default=3600.0, gt=0)
+
+    poll_s: float = Field(default=1.0, gt=0)
+    """How often the dispatcher and the deliverer look at the database."""
+
+    @field_validator("path_roots", "allow_hosts", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(host.lower() for host in value)
+
+    def max_media_bytes(self) -> int:
+        return int(self.max_media_mb * 1024 * 1024)
+
+    def secret(self) -> bytes | None:
+        """The callback key, or None when none is configured (or it is empty)."""
+        if self.callback_secret is None or not self.callback_secret.get_secret_value():
+            return None
+        return self.callback_secret.get_secret_value().encode()
 
     def queue_size(self) -> int:
         """How many requests may wait for a worker."""

@@ -196,3 +196,72 @@ SELECT * FROM facescan.people_counts($1);
 
 -- name: set_people_settings
 SELECT facescan.set_people_settings($1, $2, $3, $4, $5);
+
+-- API jobs (facescan_queue.api_jobs: POST /process of `facescan serve`) ---------------------
+
+-- name: api_job_insert
+-- a new job; nothing (no row) when the library already has one with this job_id
+INSERT INTO facescan.api_jobs
+    (library, job_id, media_id, media_url, media_path, callback_url, error_type, error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (library, job_id) DO NOTHING
+RETURNING id;
+
+-- name: api_job_attach
+-- the image registered for a job ($3: its path in the library)
+UPDATE facescan.api_jobs j SET image_id = i.id
+FROM facescan.images i
+WHERE j.library = $1 AND j.job_id = $2 AND i.library = $1 AND i.path = $3;
+
+-- name: api_job
+-- one job with its image's state and, once settled, its detection or failure
+SELECT j.job_id, j.media_id, j.media_url, j.media_path, j.callback_url, j.image_id,
+       j.error_type AS fetch_error_type, j.error AS fetch_error, j.created_at,
+       j.delivery_attempts, j.next_delivery_at, j.acknowledged_at, j.last_delivery_error,
+       i.state::text AS image_state, i.attempts, i.degraded, i.updated_at,
+       d.model, d.scale, d.original_width, d.original_height, d.detected_at,
+       f.error_type::text AS failure_type, f.last_error, f.last_failure_at
+FROM facescan.api_jobs j
+LEFT JOIN facescan.images i ON i.id = j.image_id
+LEFT JOIN facescan.detections d ON d.image_id = i.id AND i.state = 'done'
+LEFT JOIN facescan.failures f ON f.image_id = i.id AND i.state = 'dead'
+WHERE j.library = $1 AND j.job_id = $2;
+
+-- name: api_job_faces
+-- the committed faces of a job's image, each with its embedding as an array
+SELECT f.box_top, f.box_right, f.box_bottom, f.box_left, f.score, f.landmarks,
+       coalesce(f.embedding_dlib::real[], f.embedding_arcface::real[]) AS embedding,
+       f.embedding_arcface IS NOT NULL AS arcface
+FROM facescan.faces f
+WHERE f.image_id = $1
+ORDER BY f.box_left, f.box_top, f.id;
+
+-- name: api_jobs_due
+-- Takes up to $3 settled jobs of library $1 whose callback is due and not acknowledged:
+-- counts the attempt and holds it for $2 seconds (a deliverer that dies mid-delivery
+-- leaves it to be taken again then; concurrent deliverers skip each other's).
+UPDATE facescan.api_jobs j
+SET delivery_attempts = j.delivery_attempts + 1,
+    next_delivery_at = now() + make_interval(secs => $2)
+WHERE j.id IN (
+    SELECT o.id FROM facescan.api_jobs o
+    LEFT JOIN facescan.images i ON i.id = o.image_id
+    WHERE o.library = $1 AND o.callback_url IS NOT NULL AND o.acknowledged_at IS NULL
+      AND o.next_delivery_at <= now()
+      AND (o.image_id IS NULL OR i.state IN ('done', 'dead'))
+    ORDER BY o.next_delivery_at
+    LIMIT $3
+    FOR UPDATE OF o SKIP LOCKED)
+RETURNING j.job_id, j.callback_url, j.delivery_attempts;
+
+-- name: api_job_acknowledged
+-- records the one acknowledged delivery (false: one was recorded already)
+UPDATE facescan.api_jobs SET acknowledged_at = now(), last_delivery_error = NULL
+WHERE library = $1 AND job_id = $2 AND acknowledged_at IS NULL
+RETURNING true;
+
+-- name: api_job_delivery_failed
+-- a delivery not acknowledged: the next one in $3 seconds
+UPDATE facescan.api_jobs
+SET next_delivery_at = now() + make_interval(secs => $3), last_delivery_error = $4
+WHERE library = $1 AND job_id = $2 AND acknowledged_at IS NULL;

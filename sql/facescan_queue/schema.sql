@@ -411,3 +411,53 @@ INSERT INTO facescan.schema_version (version, description) VALUES (4, 'changed a
 INSERT INTO facescan.schema_version (version, description) VALUES (5, 'people');
 INSERT INTO facescan.schema_version (version, description) VALUES (6, 'library max dimension');
 INSERT INTO facescan.schema_version (version, description) VALUES (7, 'people clusters');
+
+-- API jobs (migration 8): one row per POST /process of `facescan serve`; the job's state
+-- is its image's (see migrations/0008_api_jobs.sql for the why).
+CREATE TABLE facescan.api_jobs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    library text NOT NULL REFERENCES facescan.libraries (name) ON DELETE CASCADE,
+    job_id text NOT NULL CHECK (job_id ~ '^[A-Za-z0-9._:-]{1,128}$'),
+    media_id text NOT NULL CHECK (media_id <> ''),
+    media_url text,
+    media_path text,
+    callback_url text,
+    image_id bigint UNIQUE REFERENCES facescan.images (id) ON DELETE SET NULL,
+    error_type text CHECK (error_type IN ('download_failed')),
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    delivery_attempts integer NOT NULL DEFAULT 0 CHECK (delivery_attempts >= 0),
+    next_delivery_at timestamptz NOT NULL DEFAULT now(),
+    acknowledged_at timestamptz,
+    last_delivery_error text,
+    CONSTRAINT api_jobs_library_job_key UNIQUE (library, job_id),
+    CONSTRAINT api_jobs_one_source CHECK (num_nonnulls(media_url, media_path) = 1),
+    CONSTRAINT api_jobs_image_or_error CHECK (error_type IS NULL OR image_id IS NULL),
+    CONSTRAINT api_jobs_acknowledged_callback
+        CHECK (acknowledged_at IS NULL OR callback_url IS NOT NULL)
+);
+-- The deliveries still owed, in the order they fall due.
+CREATE INDEX api_jobs_undelivered ON facescan.api_jobs (library, next_delivery_at)
+    WHERE callback_url IS NOT NULL AND acknowledged_at IS NULL;
+
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOR v_role IN
+        SELECT r.rolname FROM pg_roles r
+        WHERE r.oid <> (SELECT nspowner FROM pg_namespace WHERE nspname = 'facescan')
+          AND has_table_privilege(r.oid, 'facescan.images', 'SELECT')
+          AND has_table_privilege(r.oid, 'facescan.images', 'INSERT')
+          AND has_table_privilege(r.oid, 'facescan.images', 'UPDATE')
+          AND has_table_privilege(r.oid, 'facescan.images', 'DELETE')
+          AND NOT r.rolsuper
+        ORDER BY r.rolname
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON facescan.api_jobs TO %I',
+                       v_role);
+    END LOOP;
+END
+$$;
+
+INSERT INTO facescan.schema_version (version, description) VALUES (8, 'api jobs');

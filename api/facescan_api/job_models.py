@@ -1,0 +1,100 @@
+"""The bodies of POST /process, GET /process/{job_id} and the callback (pydantic).
+
+Built by ``facescan_api.jobs`` from a job's row; the callback's body is a
+:class:`JobResult`, and GET answers the same fields plus the delivery's state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from facescan_api.models import Face, ImageSize, ModelName
+
+JobState = Literal["queued", "processing", "done", "failed"]
+JobErrorType = Literal[
+    "download_failed",
+    "oom",
+    "timeout",
+    "decode",
+    "missing",
+    "permission",
+    "crash",
+    "unavailable",
+    "internal",
+]
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+class ProcessRequest(BaseModel):
+    """One job: the media by URL (fetched) or by path (copied), and where to call back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(
+        pattern=JOB_ID_PATTERN,
+        description="The client's id, unique per API library: the same job_id with the "
+        "same content answers the existing job, with other content 409 job_conflict.",
+    )
+    media_id: str = Field(min_length=1, max_length=512, description="The client's media id.")
+    media_url: str | None = Field(
+        default=None, max_length=4096, description="http(s) URL on an allowed host."
+    )
+    path: str | None = Field(
+        default=None, max_length=4096, description="Absolute path beneath a --path-root."
+    )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="http(s) URL the settled result is POSTed to, signed, until a 2xx.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.media_url is None) == (self.path is None):
+            raise ValueError("give exactly one of media_url and path")
+        return self
+
+
+class JobError(BaseModel):
+    type: JobErrorType = Field(
+        description="download_failed (the media could not be fetched), or the queue's "
+        "failure type of the image's last attempt."
+    )
+    detail: str
+
+
+class JobResult(BaseModel):
+    """A job, as the callback receives it once settled (done or failed)."""
+
+    job_id: str
+    media_id: str
+    state: JobState = Field(
+        description="queued and processing until settled: done (faces found, maybe none) "
+        "or failed (error says why)."
+    )
+    faces: list[Face] | None = Field(description="Set once done.")
+    image: ImageSize | None = None
+    model: ModelName | None = None
+    scale: float | None = None
+    degraded: bool | None = None
+    error: JobError | None = None
+    attempts: int = Field(description="Detection attempts charged to the image.")
+    created_at: datetime
+    settled_at: datetime | None = None
+
+
+class CallbackState(BaseModel):
+    url: str
+    attempts: int = Field(description="Deliveries tried.")
+    acknowledged_at: datetime | None = Field(description="When a delivery got a 2xx (once).")
+    next_attempt_at: datetime | None
+    last_error: str | None
+
+
+class JobStatus(JobResult):
+    """GET /process/{job_id}: the callback's body plus the delivery's state."""
+
+    callback: CallbackState | None = None
