@@ -74,15 +74,17 @@ COMMANDS = _dsn_commands()
 
 
 def _arguments(words: list[str], library: Path) -> list[str]:
-    """The command's required arguments and options, each given the library directory."""
+    """The command's required arguments and options, each given the library directory
+    (or 1 where a number is wanted: a face id)."""
     command: Any = typer.main.get_command(app)
     for word in words:
         command = command.commands[word]
     args: list[str] = []
     for param in command.params:
         if param.required:
+            value = "1" if getattr(param, "metavar", None) == "FACE_ID" else str(library)
             is_option = param.opts[0].startswith("-")
-            args += [param.opts[0], str(library)] if is_option else [str(library)]
+            args += [param.opts[0], value] if is_option else [value]
     return args
 
 
