@@ -9,9 +9,16 @@ SELECT pg_advisory_xact_lock(hashtextextended('facescan.people:' || $1, 0));
 
 -- name: search_settings
 -- HNSW scans that go on past ef_search until the query's LIMIT is met (pgvector >= 0.8),
--- in exact distance order, for the filtered nearest-neighbour queries below.
+-- in exact distance order, for the filtered nearest-neighbour queries below; ef_search
+-- 100, not pgvector's 40: at 1,000,000 ArcFace faces 40 finds 0.90 of the true 10
+-- nearest, 80 0.95, 160 0.97 (bench/people_match_bench.py). And a plan made for each
+-- run's parameters: from a statement's sixth run PostgreSQL may keep a generic plan,
+-- which knows neither the LIMIT nor the library and compares every face with every
+-- reference face (a sync then stalled after 5 batches).
 SELECT set_config('hnsw.iterative_scan', 'strict_order', true),
-       set_config('hnsw.max_scan_tuples', $1::integer::text, true);
+       set_config('hnsw.max_scan_tuples', $1::integer::text, true),
+       set_config('hnsw.ef_search', '100', true),
+       set_config('plan_cache_mode', 'force_custom_plan', true);
 
 -- name: settings
 -- The library's thresholds, its row made with the defaults the first time.
