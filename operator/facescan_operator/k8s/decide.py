@@ -231,11 +231,11 @@ def decide_scan(
         dict(seen.previous),
         now,
         holds,
-        registered=registering.registration.registered_at is not None
+        registered=registering.state.registered_at is not None
         or not spec.library.rescan_interval_seconds,
         queued_jobs=queued,
     )
-    status["registration"] = registering.registration.as_json()
+    status["registration"] = registering.state.as_json()
     if spec.people.enabled or peopling.state != people.PeopleSync():
         status["people"] = peopling.state.as_json()
     library = policy_of(spec)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from facescan_operator.k8s.jobs import ScanRef, job_name
 from facescan_operator.k8s.observe import parse_time, stamp
 from facescan_operator.k8s.spec import FaceScanSpec
-from facescan_operator.k8s.utility_jobs import UtilityJob, utility_job
+from facescan_operator.k8s.utility_jobs import UtilityJob, UtilityPlan, ended, utility_job
 from facescan_queue.models import PeopleCounts
 
 COMPONENT = "people"
@@ -83,12 +83,7 @@ class PeopleSync:
         return kept
 
 
-@dataclass
-class PeoplePlan:
-    state: PeopleSync
-    create: bool = False
-    delete: list[str] = field(default_factory=list)
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+PeoplePlan = UtilityPlan[PeopleSync]
 
 
 def decide(
@@ -105,12 +100,8 @@ def decide(
     nothing pending or leased; ``counts``: read for the newest Job that succeeded."""
     plan = PeoplePlan(previous)
     state = previous
-    for job in jobs:
-        if job.succeeded is None:
-            continue
-        plan.delete.append(job.name)
-        if job.name == state.last_job:
-            continue
+    plan.delete, unread = ended(jobs, previous.last_job)
+    for job in unread:
         if job.succeeded:
             when = job.finished_at or now
             state = replace(

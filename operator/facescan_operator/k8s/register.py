@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,9 @@ from facescan_operator.k8s.observe import parse_time, stamp
 from facescan_operator.k8s.spec import FaceScanSpec
 from facescan_operator.k8s.utility_jobs import (
     UtilityJob,
+    UtilityPlan,
     component_labels,
+    ended,
     utility_job,
 )
 from facescan_operator.k8s.utility_jobs import view as view
@@ -67,12 +69,7 @@ class Registration:
         }
 
 
-@dataclass
-class RegisterPlan:
-    registration: Registration
-    create: bool = False
-    delete: list[str] = field(default_factory=list)
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+RegisterPlan = UtilityPlan[Registration]
 
 
 def decide(
@@ -83,12 +80,8 @@ def decide(
     interval = spec.library.rescan_interval_seconds
     plan = RegisterPlan(previous)
     kept = previous
-    for job in jobs:
-        if job.succeeded is None:
-            continue
-        plan.delete.append(job.name)
-        if job.name == kept.last_job:
-            continue
+    plan.delete, unread = ended(jobs, previous.last_job)
+    for job in unread:
         when = job.finished_at or now
         if job.succeeded:
             kept = Registration(when, job.name, None)
@@ -104,7 +97,7 @@ def decide(
                     f"log); trying again in {int(retry.total_seconds())} s",
                 )
             )
-    plan.registration = kept
+    plan.state = kept
     if not interval or any(job.succeeded is None for job in jobs):
         return plan
     if kept.failed_at is not None and (

@@ -10,9 +10,9 @@ operator gone).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from facescan_operator.k8s.jobs import (
     LABEL_COMPONENT,
@@ -35,6 +35,27 @@ class UtilityJob:
     finished_at: datetime | None = None
     succeeded: bool | None = None
     """None while it runs."""
+
+
+S = TypeVar("S")
+
+
+@dataclass
+class UtilityPlan(Generic[S]):
+    """One tick's decision about one kind of utility Job: what the status keeps of them
+    (``state``), whether to start one, which ended ones to delete, the Events."""
+
+    state: S
+    create: bool = False
+    delete: list[str] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def ended(jobs: Sequence[UtilityJob], last_read: str | None) -> tuple[list[str], list[UtilityJob]]:
+    """The ended Jobs (all to delete) and those of them not read yet (all but the one
+    the status says was read last, whose deletion may still be in flight), oldest first."""
+    done = [job for job in jobs if job.succeeded is not None]
+    return [job.name for job in done], [job for job in done if job.name != last_read]
 
 
 def view(jobs: Sequence[Mapping[str, Any]]) -> list[UtilityJob]:

@@ -112,7 +112,7 @@ def test_register_jobs_start_when_new_and_every_interval_and_are_read_once(case:
     assert plan.create is create
     assert plan.delete == deleted
     assert [reason for _, reason, _ in plan.events] == events
-    assert plan.registration.registered_at == registered_at
+    assert plan.state.registered_at == registered_at
 
 
 def test_the_registration_survives_the_status_round_trip() -> None:
