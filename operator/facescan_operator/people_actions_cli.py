@@ -1,9 +1,10 @@
-"""`facescan people cluster|merge|move|remove|undo|suggest`: unnamed people from the faces
-nobody has, and the user's corrections.
+"""`facescan people sync|cluster|merge|move|feature|remove|undo|suggest`: the new faces
+matched to the known people, unnamed people from the faces nobody has, and the user's
+corrections.
 
 Registered on the `people` sub-app by people_cli.py (:func:`register`); opens the
-database as every command does (cli_common.run) and calls facescan_people's clustering,
-recluster, actions and undo. Bad input (an unknown person or face, a merge or move that
+database as every command does (cli_common.run) and calls facescan_people's sync,
+clustering, recluster, actions and undo. Bad input (an unknown person or face, a merge or move that
 would give a person two faces of one photo, nothing to undo) exits 2 with its message.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -30,8 +31,11 @@ from facescan_operator.cli_common import (
 from facescan_people import actions
 from facescan_people.clustering import BATCH_SIZE, ClusterReport, cluster_incremental
 from facescan_people.errors import PeopleError
+from facescan_people.models import SyncReport
 from facescan_people.recluster import cluster_full
 from facescan_people.repository import PeopleDb
+from facescan_people.sync import BATCH_SIZE as SYNC_BATCH_SIZE
+from facescan_people.sync import sync
 from facescan_people.undo import undo as undo_last
 from facescan_queue.repository import Queue
 
@@ -58,6 +62,45 @@ def people_command(
     except PeopleError as exc:
         print(f"facescan: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def sync_people(
+    library: LibraryOption = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10000, help="Faces matched per transaction.")
+    ] = SYNC_BATCH_SIZE,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Then group the faces nobody has into unnamed people, as `people cluster` "
+            "does (incremental).",
+        ),
+    ] = False,
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Match every face new since the last sync to the known people.
+
+    Each batch of faces is committed in one transaction: a sync stopped at any moment
+    loses nothing, and the next one goes on where it stopped. `facescan scan` runs it,
+    and the clustering, when detection has settled; so does the operator's people Job."""
+
+    async def main(db: PeopleDb, queue: Queue) -> tuple[SyncReport, dict[str, ClusterReport]]:
+        libraries = await commands.libraries(queue, library)
+        report = await sync(db, libraries, batch_size=batch_size)
+        clustered = {}
+        if cluster:
+            for lib in libraries:
+                clustered[lib] = await cluster_incremental(db, lib, batch_size=batch_size)
+        return report, clustered
+
+    report, clustered = people_command(main, dsn, data_dir)
+    data: dict[str, Any] = report.as_json()
+    if cluster:
+        data["clustered"] = {lib: r.as_json() for lib, r in clustered.items()}
+    emit(data, as_json, "\n".join([report.text()] + [r.text(k) for k, r in clustered.items()]))
 
 
 def cluster(
@@ -96,11 +139,7 @@ def cluster(
     reports = people_command(main, dsn, data_dir)
     lines = []
     for lib, r in reports:
-        lines.append(
-            f"{lib} ({r.mode}): {r.considered} faces clustered, {r.assigned} assigned; "
-            f"unnamed people: {r.created} new, {r.kept} kept, {r.removed} removed, "
-            f"{r.unnamed} in all; {len(r.unassigned)} faces unassigned"
-        )
+        lines.append(r.text(lib))
         for face in r.unassigned[:SHOWN_UNASSIGNED]:
             lines.append(f"  face {face['face_id']}\t{face['path']}")
         if len(r.unassigned) > SHOWN_UNASSIGNED:
@@ -131,15 +170,38 @@ def merge(
 def move(
     faces: FacesArgument,
     to: Annotated[str, typer.Option("--to", help="The person the faces are.", metavar="NAME")],
+    new: Annotated[
+        bool, typer.Option("--new", help="NAME is a new person: make them, with these faces.")
+    ] = False,
     library: LibraryOption = None,
     dsn: DsnOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Give faces to a person (as the user's: matching never moves them again)."""
-    result = people_command(lambda db, _: actions.move(db, faces, to, library), dsn, data_dir)
-    text = f"moved {commands.plural(len(result['faces']), 'face')} to {result['person']}"
-    emit(result, as_json, text)
+    """Give faces to a person (as the user's: matching never moves them again).
+
+    With --new the person is made in the same step (`people undo` deletes them again)."""
+    result = people_command(
+        lambda db, _: actions.move(db, faces, to, library, new=new), dsn, data_dir
+    )
+    who = f"new person {result['person']}" if result["new"] else result["person"]
+    emit(result, as_json, f"moved {commands.plural(len(result['faces']), 'face')} to {who}")
+
+
+def feature(
+    name: Annotated[str, typer.Argument(help="The person's name, or #ID.", metavar="NAME")],
+    face: Annotated[
+        int,
+        typer.Argument(help="One of their faces (`people show NAME --json`).", metavar="FACE_ID"),
+    ],
+    library: LibraryOption = None,
+    dsn: DsnOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Choose the face shown for a person (`people show --json`: featured_face)."""
+    result = people_command(lambda db, _: actions.feature(db, name, face, library), dsn, data_dir)
+    emit(result, as_json, f"{result['person']} is shown by face {result['featured_face']}")
 
 
 def remove(
@@ -194,9 +256,11 @@ def suggest(
 def register(app: typer.Typer) -> None:
     """Adds these commands to the `people` sub-app."""
     for name, command in (
+        ("sync", sync_people),
         ("cluster", cluster),
         ("merge", merge),
         ("move", move),
+        ("feature", feature),
         ("remove", remove),
         ("undo", undo),
         ("suggest", suggest),

@@ -34,7 +34,6 @@ from facescan_people.errors import (
     NotScanned,
 )
 from facescan_people.repository import PeopleDb
-from facescan_people.sync import BATCH_SIZE, sync
 from facescan_queue.errors import UnknownImage
 from facescan_queue.repository import Queue
 from facescan_queue.types import ImageState
@@ -207,7 +206,8 @@ def show(
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A person's faces: image path, status (matched or pending), source, distance."""
+    """A person's faces: image path, status (matched or pending), source, distance (and,
+    with --json, face ids and the face shown for them: `people feature`)."""
     result = _people(lambda db, _: directory.show(db, name, library), dsn, data_dir)
     faces = result["faces"]
     pending = sum(f["status"] == "pending" for f in faces)
@@ -257,29 +257,6 @@ def unhide(
     """Show a hidden person in `people list` again."""
     _people(lambda db, _: directory.hide(db, name, library, hidden=False), dsn, data_dir)
     print(f"unhid {name.strip()}")
-
-
-@people_app.command("sync", cls=UsageCommand)
-def sync_people(
-    library: LibraryOption = None,
-    batch_size: Annotated[
-        int, typer.Option(min=1, max=10000, help="Faces matched per transaction.")
-    ] = BATCH_SIZE,
-    dsn: DsnOption = None,
-    data_dir: DataDirOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Match every face new since the last sync to the known people.
-
-    Each batch of faces is committed in one transaction: a sync stopped at any moment
-    loses nothing, and the next one goes on where it stopped. `facescan scan` runs it
-    when detection has settled."""
-
-    async def main(db: PeopleDb, queue: Queue) -> Any:
-        return await sync(db, await commands.libraries(queue, library), batch_size=batch_size)
-
-    report = _people(main, dsn, data_dir)
-    emit(report.as_json(), as_json, report.text())
 
 
 people_actions_cli.register(people_app)

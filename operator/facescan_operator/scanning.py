@@ -1,11 +1,10 @@
 """`facescan scan`: register PATHs and detect until nothing is runnable now, with the
-local runner (local.py), then match the new faces to the known people; its summary and
-progress. Called by cli_scan.py."""
+local runner (local.py), then match the new faces to the known people and group the
+faces nobody has into unnamed people (incremental clustering); its summary and progress.
+Called by cli_scan.py."""
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +23,10 @@ from facescan_operator.commands import (
 from facescan_operator.local import Libraries, LocalOptions, LocalRunner
 from facescan_operator.loop import Policy
 from facescan_operator.memlimit import MemoryLimiter
+from facescan_operator.progress import Progress
 from facescan_operator.registration import RegistrationRefused, read_header, register_root
 from facescan_operator.sizing import CalibrationTable
+from facescan_people.clustering import ClusterReport, cluster_incremental
 from facescan_people.models import SyncReport
 from facescan_people.repository import PeopleDb
 from facescan_people.sync import sync as sync_people
@@ -72,9 +73,11 @@ class ScanSummary:
     registration: Registered = field(default_factory=Registered)
     """What registering the PATHs did besides adding images (changed, returned)."""
     warnings: list[str] = field(default_factory=list)
+    """What registering could not do: a root or directories it could not read."""
     people: SyncReport = field(default_factory=SyncReport)
     """What matching the new faces to the known people did (`people sync`)."""
-    """What registering could not do: a root or directories it could not read."""
+    clustered: dict[str, ClusterReport] = field(default_factory=dict)
+    """What grouping the faces nobody has did, by library (`people cluster`)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class ScanSummary:
             "next_retry": utc_iso(self.next_retry),
             "libraries": {k: v.as_json() for k, v in self.libraries.items()},
             "people": self.people.as_json(),
+            "clustered": {k: v.as_json() for k, v in self.clustered.items()},
         }
 
     def text(self) -> str:
@@ -98,6 +102,11 @@ class ScanSummary:
         lines.append(status_line(self.totals))
         if self.people.people:
             lines.append(self.people.text())
+        lines += [
+            f"clustering {r.text(name)} (`facescan people list` shows them)"
+            for name, r in self.clustered.items()
+            if r.assigned or r.removed
+        ]
         t = self.totals
         if t.by_error_type:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(t.by_error_type.items()))
@@ -204,7 +213,7 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         max_processes=process_bound + options.workers * STARTUP_FAILURE_BUDGET,
     )
     progress = (
-        _Progress(queue, list(libraries.roots), options.progress, options.progress_every_s)
+        Progress(queue, list(libraries.roots), options.progress, options.progress_every_s)
         if options.progress or options.progress_every_s
         else None
     )
@@ -214,7 +223,11 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
     finally:
         if progress:
             progress.finish()
-    people = await sync_people(PeopleDb(queue), libraries.roots)  # new faces to people
+    people_db = PeopleDb(queue)
+    people = await sync_people(people_db, libraries.roots)  # new faces to known people
+    clustered = {  # then the faces nobody has into unnamed people
+        name: await cluster_incremental(people_db, name) for name in libraries.roots
+    }
     per_library = {name: await queue.status(name) for name in libraries.roots}
     retries = [await queue.next_retry(name) for name in libraries.roots]
     faces_by_image: list[tuple[str, int]] = []
@@ -236,6 +249,7 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         registration,
         warnings,
         people,
+        clustered,
     )
 
 
@@ -245,59 +259,3 @@ PER_IMAGE_LINES = 30
 
 async def _faces_per_image(queue: Queue, library: str) -> list[tuple[str, int]]:
     return [(str(Path(library) / p), n) for p, n in await queue.faces_per_image(library)]
-
-
-class _Progress:
-    """Progress on stderr, from the counters: on a terminal a bar redrawn each tick with
-    the rate and the time left; otherwise a plain line every ``every_s`` seconds."""
-
-    def __init__(
-        self, queue: Queue, libraries: list[str], terminal: bool, every_s: float | None
-    ) -> None:
-        self.queue, self.libraries, self.drawn = queue, libraries, False
-        self.terminal, self.every_s = terminal, every_s
-        self.started = time.monotonic()
-        self.last_line = self.started
-        self.first_finished: int | None = None
-
-    async def update(self) -> None:
-        now = time.monotonic()
-        if not self.terminal and (self.every_s is None or now - self.last_line < self.every_s):
-            return
-        t = sum_status([await self.queue.status(name) for name in self.libraries])
-        finished = t.done + t.dead
-        if self.first_finished is None:
-            self.first_finished = finished  # done before this scan: not in the rate
-        elapsed = now - self.started
-        rate = (finished - self.first_finished) / elapsed if elapsed > 0 else 0.0
-        left = t.pending + t.leased
-        eta = _duration(left / rate) if rate > 0 else "?"
-        counts = (
-            f"{finished}/{t.images} finished, {t.done} done, {plural(t.faces, 'face')}, "
-            f"{t.leased} in progress, {t.retrying} retrying, {t.dead} dead, "
-            f"{rate:.1f} images/s, {eta} left"
-        )
-        if self.terminal:
-            width = 30
-            filled = int(width * finished / t.images) if t.images else width
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {counts}   ")
-            self.drawn = True
-        else:
-            sys.stderr.write(f"progress: {counts}\n")
-            self.last_line = now
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\n")
-
-
-def _duration(seconds: float) -> str:
-    """'42 s', '3 min', '2 h 05 min'."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    hours, minutes = divmod(int(seconds / 60), 60)
-    return f"{hours} h {minutes:02d} min"

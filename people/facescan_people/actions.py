@@ -1,7 +1,7 @@
 """The user's corrections of people: merge two people, move faces to a person, remove
 faces from their person, and merge suggestions.
 
-Called by the `facescan people merge|move|remove|suggest` commands. Each correction runs
+Called by the `facescan people merge|move|remove|feature|suggest` commands. Each correction runs
 in one transaction holding the library's matching lock, refuses what would give a person
 two faces of one photo (naming the photo and the faces), and logs in
 facescan.people_actions what reverses it (facescan_people.undo reads it). A removed face
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from facescan_people.directory import display_path, find
+from facescan_people.enrol import check_name
 from facescan_people.errors import MixedLibraries, PhotoClash, SamePerson, UnknownFace
 from facescan_people.models import display_name
 from facescan_people.repository import PeopleDb, Tx
@@ -140,13 +141,24 @@ def _before(rows: Sequence[Any]) -> list[Row]:
     ]
 
 
-async def move(db: PeopleDb, faces: Sequence[int], to: str, library: str | None) -> dict[str, Any]:
-    """The faces become ``to``'s, given by the user (matched, never moved by matching).
-    PhotoClash when two of them share a photo or ``to`` has another face of their photo."""
-    person = await find(db, to, library)
-    lib = person["library"]
+async def move(
+    db: PeopleDb, faces: Sequence[int], to: str, library: str | None, *, new: bool = False
+) -> dict[str, Any]:
+    """The faces become ``to``'s, given by the user (matched, never moved by matching);
+    ``new``: ``to`` is a new person of the faces' library, made in the same transaction
+    (DuplicatePerson if the name is taken). PhotoClash when two of them share a photo or
+    ``to`` has another face of their photo."""
+    if new:
+        name = check_name(to)
+        lib = library or await library_of_faces(db, faces)
+        person: Any = {"id": None, "name": name, "library": lib}
+    else:
+        person = await find(db, to, library)
+        lib = person["library"]
     async with db.transaction(lib) as tx:
         rows = await _faces(tx, faces)
+        if new:
+            person = {**person, "id": await tx.create_person(lib, name, None)}
         if rows[0]["library"] != lib:
             raise MixedLibraries(f"the faces are in library {rows[0]['library']}, {_name(person)}")
         by_image: dict[int, list[Any]] = {}
@@ -184,10 +196,30 @@ async def move(db: PeopleDb, faces: Sequence[int], to: str, library: str | None)
             r[0] for r in await tx.fetch("unreject", [r[0] for r in before], [person["id"]] * n)
         ]
         await tx.fetch("refeature", lib)
-        summary = f"moved {n} face(s) to {_name(person)}"
-        undo = {"person": person["id"], "before": before, "unrejected": unrejected}
+        summary = f"moved {n} face(s) to {'new person ' if new else ''}{_name(person)}"
+        undo = {"person": person["id"], "before": before, "unrejected": unrejected, "new": new}
         await log(tx, lib, "move", summary, undo)
-    return {"person": _name(person), "library": lib, "faces": [r[0] for r in before]}
+    return {
+        "person": _name(person),
+        "library": lib,
+        "faces": [r[0] for r in before],
+        "new": new,
+    }
+
+
+async def feature(db: PeopleDb, name: str, face: int, library: str | None) -> dict[str, Any]:
+    """Face ``face`` becomes the face shown for ``name`` (one of theirs: UnknownFace
+    otherwise); it stays featured until it is no longer theirs."""
+    person = await find(db, name, library)
+    async with db.transaction(person["library"]) as tx:
+        rows = await _faces(tx, [face])
+        if rows[0]["person_id"] != person["id"]:
+            raise UnknownFace(
+                f"face {face} is not {_name(person)}'s (`facescan people show "
+                f"{_name(person)!r} --json` lists their faces; `people move` gives them one)"
+            )
+        await tx.fetch("set_featured", [person["id"]], [face])
+    return {"person": _name(person), "library": person["library"], "featured_face": face}
 
 
 async def remove(db: PeopleDb, faces: Sequence[int]) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 
 -- name: person_by_id
 -- Person $1 (in library $2, or in any when NULL).
-SELECT id, library, name, hidden FROM facescan.people
+SELECT id, library, name, hidden, featured_face FROM facescan.people
 WHERE id = $1 AND ($2::text IS NULL OR library = $2);
 
 -- name: person_row

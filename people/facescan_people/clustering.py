@@ -58,6 +58,13 @@ class ClusterReport:
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def text(self, library: str) -> str:
+        return (
+            f"{library} ({self.mode}): {self.considered} faces clustered, {self.assigned} "
+            f"assigned; unnamed people: {self.created} new, {self.kept} kept, {self.removed} "
+            f"removed, {self.unnamed} in all; {len(self.unassigned)} faces unassigned"
+        )
+
 
 def incremental_params(kind: Kind, thresholds: Thresholds) -> IncrementalParams:
     """The model's incremental defaults; a core face needs the library's ``min_faces``."""

@@ -137,6 +137,7 @@ async def show(db: PeopleDb, name: str, library: str | None) -> dict[str, Any]:
         "display": display_name(person["name"], person["id"]),
         "library": person["library"],
         "hidden": person["hidden"],
+        "featured_face": person["featured_face"],
         "faces": faces,
     }
 

@@ -148,7 +148,7 @@ RETURNING id;
 
 -- name: people_named
 -- The people called $1 (in library $2, or in any when NULL).
-SELECT id, library, name, hidden FROM facescan.people
+SELECT id, library, name, hidden, featured_face FROM facescan.people
 WHERE name = $1 AND ($2::text IS NULL OR library = $2)
 ORDER BY library;
 

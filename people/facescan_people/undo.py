@@ -36,6 +36,8 @@ async def undo(db: PeopleDb, library: str | None) -> dict[str, Any]:
         elif action["action"] == "move":
             restored, skipped = await _restore(tx, data["before"], now_person=data["person"])
             await tx.fetch("reject", data["unrejected"], [data["person"]] * len(data["unrejected"]))
+            if data.get("new") and not await tx.fetch("person_rows", data["person"]):
+                await tx.fetch("delete_person", data["person"])  # made by the move, empty again
         else:
             restored, skipped = await _restore(tx, data["before"], now_person=None)
             pairs = data["rejected"]

@@ -1,9 +1,10 @@
 """A FaceScan's people: the people Jobs that match its new faces to the library's known
 people, decided and built.
 
-With ``spec.people.enabled``, the operator runs `facescan people sync` in a Job of the
-detector image (utility_jobs.py; the operator image stays light) whenever the library has
-faces the last sync did not see: once detection settles, and every
+With ``spec.people.enabled``, the operator runs `facescan people sync` (with
+``spec.people.cluster``, `--cluster`: then the faces nobody has are grouped into unnamed
+people) in a Job of the detector image (utility_jobs.py; the operator image stays light)
+whenever the library has faces the last sync did not see: once detection settles, and every
 ``spec.people.syncIntervalSeconds`` while it runs. A sync is loss-free (a batch of faces
 per transaction), so a Job killed mid-way costs only its next run's time. `decide` is
 pure; the status keeps what it needs between ticks (``status.people``), with the
@@ -147,15 +148,16 @@ def decide(
 
 
 def build_people_job(scan: ScanRef, spec: FaceScanSpec, name: str) -> dict[str, Any]:
-    """`facescan people sync` of the library, in the detector image (no volume: the
-    faces are in the database)."""
+    """`facescan people sync` of the library (and `--cluster`), in the detector image (no
+    volume: the faces are in the database)."""
     library = spec.library_name(scan.namespace, scan.name)
+    cluster = ["--cluster"] if spec.people.cluster else []
     return utility_job(
         scan,
         spec,
         name,
         COMPONENT,
-        ["people", "sync", "--library", library, "--json"],
+        ["people", "sync", "--library", library, *cluster, "--json"],
         resources={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         deadline_s=DEADLINE_S,
         library_volume=False,

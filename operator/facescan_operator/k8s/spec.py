@@ -117,6 +117,8 @@ class MatchBand(_Spec):
 
 class People(_Spec):
     enabled: bool = False
+    cluster: bool = True
+    """Each people Job also groups the faces nobody has into unnamed people."""
     sync_interval_seconds: int = Field(default=600, alias="syncIntervalSeconds", ge=60)
     dlib: MatchBand = Field(default_factory=MatchBand)
     arcface: MatchBand = Field(default_factory=MatchBand)

@@ -1,7 +1,9 @@
 """`facescan people` end to end: the real CLI on the real sample photographs, as the
 README runs it (scan, add a person from one photo, find them in the other), people
 listed page by page, renamed and hidden, `scan` matching what it found to the known
-people, `faces` naming each face's person, and every bad input a message and exit 2."""
+people and grouping the faces nobody has into unnamed people, the user naming and
+correcting them, `faces` naming each face's person, and every bad input a message and
+exit 2."""
 
 from __future__ import annotations
 
@@ -73,6 +75,52 @@ def test_faces_names_each_faces_person_and_scan_matches_new_photos(
     synced = facescan("people", "sync", "--json", dsn=dsn)
     assert synced.returncode == 0, synced.stderr
     assert last_json(synced.stdout)["considered"] == 0
+
+
+def test_scan_groups_the_faces_nobody_has_and_the_user_names_and_corrects_them(
+    dsn: str, tmp_path: Path
+) -> None:
+    library = tmp_path / "photos"
+    copy_samples(library, ["obama.jpg", "obama2.jpg", "biden.jpg"])
+    for copy in ("obama3.jpg", "obama4.jpg"):  # a core face has 3 others near it
+        (library / copy).write_bytes((library / "obama.jpg").read_bytes())
+    scan = facescan("scan", library, "--json", dsn=dsn)
+    assert scan.returncode == 0, scan.stderr
+    (clustered,) = last_json(scan.stdout)["clustered"].values()
+    assert (clustered["created"], clustered["assigned"], clustered["unnamed"]) == (1, 4, 1)
+    assert len(clustered["unassigned"]) == 1  # Biden: one face is nobody's cluster
+
+    listed = last_json(facescan("people", "list", "--json", dsn=dsn).stdout)["people"]
+    assert [(p["name"], p["matched"]) for p in listed] == [(None, 4)]
+    unnamed = f"unnamed #{listed[0]['id']}"
+    assert facescan("people", "rename", unnamed, "Barack Obama", dsn=dsn).returncode == 0
+    shown = last_json(facescan("people", "show", "Barack Obama", "--json", dsn=dsn).stdout)
+    assert sorted(Path(f["path"]).name for f in shown["faces"]) == [
+        "obama.jpg",
+        "obama2.jpg",
+        "obama3.jpg",
+        "obama4.jpg",
+    ]
+    chosen = next(f["face_id"] for f in shown["faces"] if f["path"].endswith("obama2.jpg"))
+    featured = facescan("people", "feature", "Barack Obama", str(chosen), dsn=dsn)
+    assert featured.returncode == 0, featured.stderr
+    again = last_json(facescan("people", "show", "Barack Obama", "--json", dsn=dsn).stdout)
+    assert again["featured_face"] == chosen
+
+    biden = last_json(facescan("faces", library / "biden.jpg", "--json", dsn=dsn).stdout)
+    face = str(biden["faces"][0]["face_id"])
+    taken = facescan("people", "move", face, "--to", "Barack Obama", "--new", dsn=dsn)
+    assert taken.returncode == 2
+    assert "already a person called 'Barack Obama'" in taken.stderr
+    moved = facescan("people", "move", face, "--to", "Joe Biden", "--new", dsn=dsn)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.strip() == "moved 1 face to new person Joe Biden"
+    assert (
+        last_json(facescan("faces", library / "biden.jpg", "--json", dsn=dsn).stdout)["faces"][0][
+            "person"
+        ]
+        == "Joe Biden"
+    )
 
 
 def test_people_are_listed_page_by_page_renamed_and_hidden(dsn: str, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""The user's corrections: merge, move, remove, undo and suggest, with their refusals
-(two faces of one photo in one person, unknown faces, nothing to undo), on three
-well-separated synthetic people clustered into unnamed people."""
+"""The user's corrections: merge, move (to a new person too), feature, remove, undo and
+suggest, with their refusals (two faces of one photo in one person, unknown faces, a name
+taken, nothing to undo), on three well-separated synthetic people clustered into unnamed
+people."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import pytest
 
 from facescan_people import actions, directory
 from facescan_people.clustering import cluster_incremental
-from facescan_people.errors import NothingToUndo, PhotoClash, UnknownFace
+from facescan_people.errors import (
+    DuplicatePerson,
+    InvalidName,
+    NothingToUndo,
+    PhotoClash,
+    UnknownFace,
+)
 from facescan_people.recluster import cluster_full
 from facescan_people.repository import PeopleDb
 from facescan_people.undo import undo
@@ -118,6 +125,56 @@ async def test_move_gives_faces_to_a_person_refuses_a_photo_clash_and_undoes(
         "SELECT person_id, source::text FROM facescan.face_people WHERE face_id = $1", face
     )
     assert tuple(row) == (b, "automatic")
+
+
+async def test_move_to_a_new_person_makes_them_and_undo_deletes_them_again(
+    people: PeopleDb, db: asyncpg.Connection
+) -> None:
+    (_, b, _), groups = await _three(people, db)
+    faces = groups[1][:3]
+    await directory.rename(people, f"#{b}", "Bob", LIB)
+
+    with pytest.raises(DuplicatePerson):
+        await actions.move(people, faces, "Bob", LIB, new=True)
+    assert {await _holder(db, f) for f in faces} == {b}  # the refused move changed nothing
+    with pytest.raises(InvalidName):
+        await actions.move(people, faces, "  ", LIB, new=True)
+
+    moved = await actions.move(people, faces, "Bob's brother", None, new=True)
+
+    brother = await db.fetchval("SELECT id FROM facescan.people WHERE name = 'Bob''s brother'")
+    assert (moved["person"], moved["new"]) == ("Bob's brother", True)
+    assert {await _holder(db, f) for f in faces} == {brother}
+    shown = await directory.show(people, "Bob's brother", LIB)
+    assert shown["featured_face"] in faces
+    assert await _holder(db, groups[1][3]) == b  # the other faces stay Bob's
+
+    undone = await undo(people, LIB)
+
+    assert (undone["restored"], undone["skipped"]) == (3, 0)
+    assert {await _holder(db, f) for f in faces} == {b}
+    assert await db.fetchval("SELECT count(*) FROM facescan.people WHERE id = $1", brother) == 0
+
+
+async def test_feature_shows_one_of_the_persons_own_faces(
+    people: PeopleDb, db: asyncpg.Connection
+) -> None:
+    (a, _, _), groups = await _three(people, db)
+    chosen = groups[0][5]
+
+    done = await actions.feature(people, f"#{a}", chosen, LIB)
+
+    assert done["featured_face"] == chosen
+    assert (await directory.show(people, f"#{a}", LIB))["featured_face"] == chosen
+    with pytest.raises(UnknownFace, match="not unnamed #"):
+        await actions.feature(people, f"#{a}", groups[1][0], LIB)  # somebody else's face
+    assert (await directory.show(people, f"#{a}", LIB))["featured_face"] == chosen
+
+    await actions.remove(people, [chosen])  # no longer theirs: another face is shown
+
+    featured = (await directory.show(people, f"#{a}", LIB))["featured_face"]
+    assert featured in groups[0]
+    assert featured != chosen
 
 
 async def test_a_removed_face_is_never_given_back_by_clustering_and_undo_restores_it(

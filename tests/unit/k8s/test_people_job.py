@@ -92,9 +92,22 @@ def test_the_job_runs_people_sync_in_the_detector_image_restricted_and_valid() -
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/facescan/facescan-detector:0.1.0"
-    assert container["args"] == ["people", "sync", "--library", "photos/family", "--json"]
+    assert container["args"] == [
+        "people",
+        "sync",
+        "--library",
+        "photos/family",
+        "--cluster",
+        "--json",
+    ]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["automountServiceAccountToken"] is False
     assert [v["name"] for v in pod["volumes"]] == ["tmp"]  # no library volume: no file read
     secret = container["env"][0]["valueFrom"]["secretKeyRef"]
     assert secret == {"name": "facescan-db", "key": "dsn"}
+
+
+def test_with_cluster_off_the_job_only_matches() -> None:
+    job = build_people_job(SCAN, spec(cluster=False), "family-people-abcdef")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert "--cluster" not in container["args"]
