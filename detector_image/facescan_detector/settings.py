@@ -42,7 +42,8 @@ class DetectorSettings(BaseSettings):
 
     image_timeout_s: float = Field(default=300.0, gt=0)
     """Loading and detecting one image are cut after this many seconds together (failure
-    type timeout): a decoder that does not return is not waited for either."""
+    type timeout): a decoder that does not return is not waited for either. A video's
+    sampled frames, decoded and detected, share one such budget."""
 
     lease_seconds: int = Field(default=120, ge=10)
     """How long the lease lasts without a heartbeat; heartbeats come every third of it."""

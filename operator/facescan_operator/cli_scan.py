@@ -22,7 +22,7 @@ from facescan_operator.cli_common import (
     run,
 )
 from facescan_operator.registration import RegistrationRefused
-from facescan_queue.defaults import DEFAULT_MAX_DIMENSION
+from facescan_queue.defaults import DEFAULT_FRAMES_PER_VIDEO, DEFAULT_MAX_DIMENSION
 
 
 def scan(
@@ -63,11 +63,19 @@ def scan(
         int, typer.Option(min=1, max=10000, help="Images per detector process.")
     ] = 25,
     image_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds per image before it fails as timeout.")
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds per image (per video: all its frames) before it fails as timeout.",
+        ),
     ] = 300.0,
     model_dir: Annotated[
         Path | None, typer.Option(help="InsightFace ONNX models (det_*.onnx, w600k_*.onnx).")
     ] = None,
+    frames_per_video: Annotated[
+        int,
+        typer.Option(min=1, max=100, help="Frames sampled per video, evenly over its duration."),
+    ] = DEFAULT_FRAMES_PER_VIDEO,
     rescan: Annotated[
         bool,
         typer.Option(
@@ -89,7 +97,9 @@ def scan(
     """Register every image under PATH and detect faces until none is runnable now.
 
     Images are regular files ending in .jpg, .jpeg, .png, .heic, .heif, .webp, .gif, .bmp,
-    .tif or .tiff (any case) under PATH, recursively; symbolic links (an image linked
+    .tif or .tiff, and video files ending in .mp4, .mov, .m4v, .mkv, .webm or .avi (any
+    case; a video's faces are those of --frames-per-video frames sampled evenly over
+    it, each with its timestamp), under PATH, recursively; symbolic links (an image linked
     from within PATH is registered once, by its own path), FIFOs, devices, hidden
     directories (names starting with a dot) and other files are skipped. Images already
     done are not redone: running it
@@ -119,6 +129,7 @@ def scan(
         progress=terminal,
         progress_every_s=None if terminal or progress_every == 0 else progress_every,
         rescan=rescan,
+        frames_per_video=frames_per_video,
     )
     summary = run(lambda q, url: scanning.scan(q, url, paths, options), dsn, data_dir, create=True)
     emit(summary.as_json(), as_json, summary.text())

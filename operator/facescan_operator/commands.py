@@ -106,7 +106,14 @@ def status_line(t: QueueStatus) -> str:
     return (
         f"{plural(t.images, 'image')}: {t.done} done ({plural(t.faces, 'face')}, "
         f"{t.degraded} degraded), {t.leased} in progress, {t.pending} pending "
-        f"({t.retrying} retrying), {t.dead} dead" + (f", {t.missing} missing" if t.missing else "")
+        f"({t.retrying} retrying), {t.dead} dead"
+        + (f", {t.missing} missing" if t.missing else "")
+        + (
+            f"; of them {plural(t.videos, 'video')} ({t.videos_done} done, "
+            f"{plural(t.video_faces, 'face')} in their frames)"
+            if t.videos
+            else ""
+        )
     )
 
 

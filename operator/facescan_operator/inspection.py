@@ -14,7 +14,9 @@ from facescan_operator.commands import (
     plural,
     utc_iso,
 )
-from facescan_people.directory import NOBODY, image_people
+from facescan_people.directory import NOBODY, faces_of_image, image_people
+from facescan_people.repository import PeopleDb
+from facescan_queue.errors import PermissionDenied
 from facescan_queue.repository import Queue
 from facescan_queue.types import ErrorType, ImageState
 
@@ -59,6 +61,8 @@ async def faces(queue: Queue, path: Path, library: str | None = None) -> dict[st
     library, relative = await locate(queue, path, library)
     image = await queue.image(library, relative)
     rows = await queue.faces(image["id"]) if image["state"] == ImageState.DONE else []
+    if image["kind"] == "video":
+        return await _video_faces(queue, library, relative, image, rows)
     people = await image_people(queue, image["id"]) if rows else {}
     return {
         "path": str(Path(library) / relative) if library.startswith("/") else relative,
@@ -86,21 +90,89 @@ async def faces(queue: Queue, path: Path, library: str | None = None) -> dict[st
     }
 
 
+async def _video_faces(
+    queue: Queue, library: str, relative: str, video: Any, rows: list[Any]
+) -> dict[str, Any]:
+    """A video's faces by sampled frame (timestamp), each with its track: the faces of
+    one track are one person across the video's frames."""
+    try:  # by face id: a video's frames often hold one box more than once
+        held = await faces_of_image(PeopleDb(queue), video["id"]) if rows else []
+    except PermissionDenied:  # a role granted libraries only reads no people
+        held = []
+    people = {
+        r["face_id"]: {"person": r["person"], "distance": r["distance"], "status": r["status"]}
+        for r in held
+    }
+    faces = [
+        {
+            "face_id": r["id"],
+            "frame_ms": r["frame_ms"],
+            "track": r["track"],
+            "top": r["box_top"],
+            "right": r["box_right"],
+            "bottom": r["box_bottom"],
+            "left": r["box_left"],
+            "score": r["score"],
+            "model": r["model"],
+            "scale": r["scale"],
+            **people.get(r["id"], NOBODY),
+        }
+        for r in sorted(rows, key=lambda r: (r["frame_ms"] or 0, r["box_left"], r["id"]))
+    ]
+    stamps = video["frames"] or sorted({f["frame_ms"] for f in faces})
+    return {
+        "path": str(Path(library) / relative) if library.startswith("/") else relative,
+        "library": library,
+        "kind": "video",
+        "state": video["state"],
+        "model": video["model"],
+        "scale": video["scale"],
+        "width": video["original_width"] or video["width"],
+        "height": video["original_height"] or video["height"],
+        "duration_ms": video["duration_ms"],
+        "tracks": len({f["track"] for f in faces}),
+        "frames": [
+            {"timestamp_ms": t, "faces": [f for f in faces if f["frame_ms"] == t]} for t in stamps
+        ],
+        "faces": faces,
+    }
+
+
 def faces_text(result: dict[str, Any]) -> str:
     head = f"{result['path']}: {result['state']}"
     if result["state"] != ImageState.DONE:
         return head + " (no result yet; see `facescan failures`)"
+    if result.get("kind") == "video":
+        return _video_text(head, result)
     n = len(result["faces"])
     lines = [
         f"{head}, {n} face{'s' if n != 1 else ''} ({result['model']}@{result['scale']:g}, "
         f"{result['width']}x{result['height']})"
     ]
-    for f in result["faces"]:
+    lines += [f"  {_face_line(f)}" for f in result["faces"]]
+    return "\n".join(lines)
+
+
+def _face_line(f: dict[str, Any]) -> str:
+    return (
+        f"top {f['top']} right {f['right']} bottom {f['bottom']} left {f['left']} "
+        f"score {f['score']:.2f}" + (f" {f['person']} ({f['status']})" if f.get("person") else "")
+    )
+
+
+def _video_text(head: str, result: dict[str, Any]) -> str:
+    n, frames = len(result["faces"]), len(result["frames"])
+    duration = result["duration_ms"]
+    lines = [
+        f"{head}, video of {duration / 1000:.1f} s" if duration is not None else f"{head}, video",
+        f"  {plural(n, 'face')} in {plural(frames, 'frame')}, {plural(result['tracks'], 'track')}"
+        f" ({result['model']}@{result['scale']:g}, {result['width']}x{result['height']})",
+    ]
+    for frame in result["frames"]:
         lines.append(
-            f"  top {f['top']} right {f['right']} bottom {f['bottom']} "
-            f"left {f['left']} score {f['score']:.2f}"
-            + (f" {f['person']} ({f['status']})" if f.get("person") else "")
+            f"  at {frame['timestamp_ms'] / 1000:.3f} s: {plural(len(frame['faces']), 'face')}"
         )
+        lines += [f"    track {f['track']}: {_face_line(f)}" for f in frame["faces"]]
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ and registering them: what `facescan scan` and `facescan register` (the operator
 register Job) do to a library root.
 
 Width and height come from the file header (Pillow reads only the header; HEIC through
-pillow-heif), so right-sizing knows each image's megapixels before any worker starts. A
+pillow-heif; a video's frame size and duration from its container header, see
+video_header), so right-sizing knows each image's megapixels before any worker starts. A
 file whose header cannot be read is registered anyway, without a size: the detector will
 record why it cannot be decoded. Each file's size and modification time tell the queue
 when a registered file changed (it is then detected again).
@@ -37,12 +38,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from facescan_operator.video_header import VIDEO_SUFFIXES, read_video_header
+from facescan_queue.defaults import RESERVED_PREFIX
 from facescan_queue.models import NewImage, Registered
 from facescan_queue.repository import Queue
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".heic", ".heif", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 )
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+"""What a walk registers: photos, and videos (one item each, see video_header)."""
 
 _NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIRECTORY = _NOFOLLOW | os.O_DIRECTORY
@@ -138,9 +143,12 @@ async def register_root(
 
 def gone(root: Path, paths: list[str]) -> list[str]:
     """The paths (relative to ``root``) that no longer exist: nothing there, or a parent
-    that is no longer a directory. One that cannot be checked (permission) is not gone."""
+    that is no longer a directory. One that cannot be checked (permission) is not gone,
+    nor is one of facescan's own (``RESERVED_PREFIX``: never a file of the root)."""
     vanished = []
     for path in paths:
+        if path.startswith(RESERVED_PREFIX):
+            continue
         try:
             os.lstat(root / path)
         except (FileNotFoundError, NotADirectoryError):
@@ -224,7 +232,7 @@ def _walk_at(
             mode = entry.stat(follow_symlinks=False).st_mode
         except OSError:  # gone since it was listed
             continue
-        if stat.S_ISREG(mode) and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+        if stat.S_ISREG(mode) and Path(entry.name).suffix.lower() in MEDIA_SUFFIXES:
             yield prefix + entry.name, directory, entry
         elif stat.S_ISDIR(mode) and not entry.name.startswith("."):
             subdirectories.append(entry.name)
@@ -250,6 +258,10 @@ def _header(fd: int, path: str) -> NewImage | None:
         status = os.fstat(file.fileno())
         if not stat.S_ISREG(status.st_mode):
             return None
+        if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+            video = read_video_header(file)
+            size, when = status.st_size, _mtime(status)
+            return NewImage(path, video.width, video.height, size, when, "video", video.duration_ms)
         _register_heif()
         width = height = None
         try:

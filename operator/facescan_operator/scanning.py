@@ -5,6 +5,7 @@ Called by cli_scan.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,8 @@ from facescan_people.clustering import ClusterReport, cluster_incremental
 from facescan_people.models import SyncReport
 from facescan_people.repository import PeopleDb
 from facescan_people.sync import sync as sync_people
-from facescan_queue.models import LibraryPolicy, NewImage, QueueStatus, Registered
+from facescan_queue.defaults import DEFAULT_FRAMES_PER_VIDEO
+from facescan_queue.models import LibraryPolicy, QueueStatus, Registered
 from facescan_queue.repository import Queue
 
 STARTUP_FAILURE_BUDGET = 3
@@ -52,6 +54,8 @@ class ScanOptions:
     """Otherwise a plain progress line on stderr this often (None: none)."""
     rescan: bool = False
     """Redo the images done with another model or max dimension."""
+    frames_per_video: int = DEFAULT_FRAMES_PER_VIDEO
+    """Frames sampled per video (written to the library row, where detectors read it)."""
 
 
 @dataclass
@@ -78,6 +82,8 @@ class ScanSummary:
     """What matching the new faces to the known people did (`people sync`)."""
     clustered: dict[str, ClusterReport] = field(default_factory=dict)
     """What grouping the faces nobody has did, by library (`people cluster`)."""
+    face_frames: dict[str, list[int]] = field(default_factory=dict)
+    """Of the videos among faces_by_image: the timestamps (ms) of the frames with faces."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -97,7 +103,10 @@ class ScanSummary:
 
     def text(self) -> str:
         lines = [f"warning: {warning}" for warning in self.warnings]
-        lines += [f"{path}: {plural(n, 'face')}" for path, n in self.faces_by_image]
+        lines += [
+            f"{path}: {plural(n, 'face')}{_frames(self.face_frames.get(path))}"
+            for path, n in self.faces_by_image
+        ]
         lines += registration_lines(self.registration)
         lines.append(status_line(self.totals))
         if self.people.people:
@@ -154,6 +163,7 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         cascade_models=tuple(m for m, _ in cascade),
         cascade_scales=tuple(s for _, s in cascade),
         max_dimension=options.max_dimension,
+        frames_per_video=options.frames_per_video,
     )
     libraries = Libraries({}, {})
     rescanned = 0
@@ -177,10 +187,7 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
                 registration += found.registered
                 warnings += [f"could not read {root}/{u}" for u in found.unreadable]
         else:
-            header = read_header(path)
-            image = NewImage(
-                path.name, header.width, header.height, header.file_bytes, header.mtime
-            )
+            image = dataclasses.replace(read_header(path), path=path.name)
             registration += await queue.register_files(name, [image])
         if options.rescan:
             rescanned += await queue.rescan_other_settings(name, cascade, options.max_dimension)
@@ -231,10 +238,13 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
     per_library = {name: await queue.status(name) for name in libraries.roots}
     retries = [await queue.next_retry(name) for name in libraries.roots]
     faces_by_image: list[tuple[str, int]] = []
+    face_frames: dict[str, list[int]] = {}
     totals = sum_status(per_library.values())
     if totals.images <= PER_IMAGE_LINES:
         for name in libraries.roots:
             faces_by_image += await _faces_per_image(queue, name)
+            frames = await queue.video_face_frames(name)
+            face_frames |= {str(Path(name) / path): ms for path, ms in frames.items()}
     return ScanSummary(
         totals,
         per_library,
@@ -250,6 +260,7 @@ async def scan(queue: Queue, dsn: str, paths: list[Path], options: ScanOptions) 
         warnings,
         people,
         clustered,
+        face_frames,
     )
 
 
@@ -259,3 +270,10 @@ PER_IMAGE_LINES = 30
 
 async def _faces_per_image(queue: Queue, library: str) -> list[tuple[str, int]]:
     return [(str(Path(library) / p), n) for p, n in await queue.faces_per_image(library)]
+
+
+def _frames(timestamps: list[int] | None) -> str:
+    """' at 2.0 s, 3.0 s' for a video's frames with faces ('' for a photo)."""
+    if not timestamps:
+        return ""
+    return " at " + ", ".join(f"{ms / 1000:.1f} s" for ms in timestamps)

@@ -3,8 +3,10 @@
 Called by ``facescan_api.jobs`` (submitting and reading jobs) and
 ``facescan_api.callbacks`` (owed deliveries). A job's media becomes an image of the API
 library, registered in the same transaction as the job, so the job exists exactly when
-its image is queued; the image's state is the job's. Every query is named in
-queries.sql (``api_job*``).
+its image is queued; the image's state is the job's. A callback's delivery is pending
+(next_delivery_at finite), acknowledged (acknowledged_at) or given up (next_delivery_at
+'infinity', last_delivery_error saying why), without a column of its own. Every query
+is named in queries.sql (``api_job*``).
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class ApiJobs:
                         [image.file_bytes],
                         0,
                         [image.mtime],
+                        [image.kind],
+                        [image.duration_ms],
                     )
                     await conn.execute(
                         query("api_job_attach"), self.library, job.job_id, image.path
@@ -122,6 +126,11 @@ class ApiJobs:
     async def not_acknowledged(self, job_id: str, retry_in_s: float, error: str) -> None:
         """Records a delivery that failed; the next is due in ``retry_in_s`` seconds."""
         await self._fetch("api_job_delivery_failed", job_id, retry_in_s, error)
+
+    async def given_up(self, job_id: str, error: str) -> None:
+        """Records that no delivery will be tried again (``error`` says why): the job's
+        callback is never due again (next_delivery_at 'infinity')."""
+        await self._fetch("api_job_delivery_given_up", job_id, error)
 
 
 def settled_at(row: asyncpg.Record) -> datetime | None:

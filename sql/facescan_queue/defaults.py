@@ -30,3 +30,10 @@ CASCADES: dict[str, Cascade] = {
 DEFAULT_CASCADE = CNN_CASCADE
 DEFAULT_MAX_DIMENSION = 1280
 """The long side (px) an image is scaled down to before detection; 0: no cap."""
+DEFAULT_FRAMES_PER_VIDEO = 5
+"""Frames sampled per video, evenly over its duration (at 1/6, 2/6, ... 5/6)."""
+
+RESERVED_PREFIX = ".facescan/"
+"""Library paths beneath it are facescan's own images, not files of the library's root
+(the reference photos uploaded to POST /people): registration never marks them missing
+and rescans leave them alone (there is no file to detect again)."""

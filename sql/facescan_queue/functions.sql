@@ -262,7 +262,9 @@ CREATE OR REPLACE FUNCTION facescan.ensure_library(
     p_backoff_multiplier real DEFAULT NULL,
     p_backoff_cap_s integer DEFAULT NULL,
     p_max_attempts integer DEFAULT NULL,
-    p_max_dimension integer DEFAULT NULL
+    p_max_dimension integer DEFAULT NULL,
+    p_frames_per_video integer DEFAULT NULL,
+    p_min_frame_spacing_s real DEFAULT NULL
 ) RETURNS facescan.libraries
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -277,7 +279,9 @@ BEGIN
         backoff_multiplier = coalesce(p_backoff_multiplier, backoff_multiplier),
         backoff_cap_s = coalesce(p_backoff_cap_s, backoff_cap_s),
         max_attempts = coalesce(p_max_attempts, max_attempts),
-        max_dimension = coalesce(p_max_dimension, max_dimension)
+        max_dimension = coalesce(p_max_dimension, max_dimension),
+        frames_per_video = coalesce(p_frames_per_video, frames_per_video),
+        min_frame_spacing_s = coalesce(p_min_frame_spacing_s, min_frame_spacing_s)
     WHERE name = p_name
     RETURNING * INTO v_lib;
     RETURN v_lib;
@@ -293,6 +297,8 @@ $$;
 --     (its worker may be reading either version): its stored size and time still differ,
 --     so the next registration redoes it (counted as deferred);
 --   a path marked missing is unmarked (returned), and redone if it changed.
+-- p_kinds says which files are videos (NULL: all photos), p_durations their durations
+-- in ms from the container header (NULL where unknown).
 -- Returns how many paths were added, changed (queued again), returned and deferred.
 CREATE OR REPLACE FUNCTION facescan.register_images(
     p_library text,
@@ -301,7 +307,9 @@ CREATE OR REPLACE FUNCTION facescan.register_images(
     p_heights integer[],
     p_file_bytes bigint[],
     p_priority smallint DEFAULT 0,
-    p_mtimes timestamptz[] DEFAULT NULL
+    p_mtimes timestamptz[] DEFAULT NULL,
+    p_kinds facescan.media_kind[] DEFAULT NULL,
+    p_durations integer[] DEFAULT NULL
 ) RETURNS TABLE (added integer, changed integer, returned integer, deferred integer)
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -316,11 +324,13 @@ BEGIN
     END IF;
     WITH inserted AS (
         INSERT INTO facescan.images
-            (library, path, width, height, file_bytes, file_mtime, size_class, priority)
+            (library, path, width, height, file_bytes, file_mtime, size_class, priority, kind,
+             duration_ms)
         SELECT p_library, u.path, u.width, u.height, u.file_bytes, u.mtime,
-               facescan.size_class(u.width, u.height), p_priority
-        FROM unnest(p_paths, p_widths, p_heights, p_file_bytes, p_mtimes)
-            AS u (path, width, height, file_bytes, mtime)
+               facescan.size_class(u.width, u.height), p_priority, coalesce(u.kind, 'image'),
+               u.duration_ms
+        FROM unnest(p_paths, p_widths, p_heights, p_file_bytes, p_mtimes, p_kinds, p_durations)
+            AS u (path, width, height, file_bytes, mtime, kind, duration_ms)
         ON CONFLICT (library, path) DO NOTHING
         RETURNING 1
     )
@@ -350,10 +360,13 @@ BEGIN
                           ELSE coalesce(i.file_bytes, u.file_bytes) END,
         file_mtime = CASE WHEN i.id = ANY (v_redone) THEN u.mtime
                           ELSE coalesce(i.file_mtime, u.mtime) END,
+        kind = CASE WHEN i.id = ANY (v_redone) THEN coalesce(u.kind, 'image') ELSE i.kind END,
+        duration_ms = CASE WHEN i.id = ANY (v_redone) THEN u.duration_ms
+                           ELSE i.duration_ms END,
         missing_since = NULL,
         updated_at = now()
-    FROM unnest(p_paths, p_widths, p_heights, p_file_bytes, p_mtimes)
-        AS u (path, width, height, file_bytes, mtime)
+    FROM unnest(p_paths, p_widths, p_heights, p_file_bytes, p_mtimes, p_kinds, p_durations)
+        AS u (path, width, height, file_bytes, mtime, kind, duration_ms)
     WHERE i.library = p_library AND i.path = u.path
       AND (i.id = ANY (v_redone)
            OR i.missing_since IS NOT NULL
@@ -472,12 +485,15 @@ $$;
 
 -- Marks the next unstarted image of the lease as in progress (an open attempt) and
 -- returns it with the model and scale of its cascade step and the library's max
--- dimension; no row when none is left.
+-- dimension (and, for a video, its duration and how the library samples its frames);
+-- no row when none is left.
 -- While an image is in progress under the lease, returns that one instead.
 CREATE OR REPLACE FUNCTION facescan.start_next(p_owner text)
 RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
-    step smallint, model text, scale real, attempt_id bigint, max_dimension integer
+    step smallint, model text, scale real, attempt_id bigint, max_dimension integer,
+    kind facescan.media_kind, duration_ms integer, frames_per_video integer,
+    min_frame_spacing_s real
 )
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 #variable_conflict use_column
@@ -493,7 +509,8 @@ BEGIN
     -- worker lost the reply of the call that started it)
     RETURN QUERY
     SELECT i.id, i.path, i.width, i.height, i.file_bytes, a.step, a.model, a.scale, a.id,
-           lib.max_dimension
+           lib.max_dimension, i.kind, i.duration_ms, lib.frames_per_video,
+           lib.min_frame_spacing_s
     FROM facescan.leases l
     JOIN facescan.images i
       ON i.id = l.started_image AND i.lease_owner = l.owner AND i.state = 'leased'
@@ -511,7 +528,9 @@ $$;
 CREATE OR REPLACE FUNCTION facescan.start_unstarted(p_owner text)
 RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
-    step smallint, model text, scale real, attempt_id bigint, max_dimension integer
+    step smallint, model text, scale real, attempt_id bigint, max_dimension integer,
+    kind facescan.media_kind, duration_ms integer, frames_per_video integer,
+    min_frame_spacing_s real
 )
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -528,11 +547,17 @@ DECLARE
     v_step smallint;
     v_attempt bigint;
     v_max_dimension integer;
+    v_kind facescan.media_kind;
+    v_duration_ms integer;
+    v_frames_per_video integer;
+    v_min_frame_spacing_s real;
 BEGIN
     SELECT i.id, i.library, i.path, i.width, i.height, i.file_bytes, i.step,
-           lib.cascade_models, lib.cascade_scales, lib.max_dimension
+           lib.cascade_models, lib.cascade_scales, lib.max_dimension, i.kind, i.duration_ms,
+           lib.frames_per_video, lib.min_frame_spacing_s
     INTO v_id, v_library, v_path, v_width, v_height, v_file_bytes, v_image_step,
-         v_models, v_scales, v_max_dimension
+         v_models, v_scales, v_max_dimension, v_kind, v_duration_ms, v_frames_per_video,
+         v_min_frame_spacing_s
     FROM facescan.images i JOIN facescan.libraries lib ON lib.name = i.library
     WHERE i.lease_owner = p_owner AND i.state = 'leased'
     ORDER BY i.priority DESC, i.attempts, i.id
@@ -560,6 +585,10 @@ BEGIN
     scale := v_scales[v_step + 1];
     attempt_id := v_attempt;
     max_dimension := v_max_dimension;
+    kind := v_kind;
+    duration_ms := v_duration_ms;
+    frames_per_video := v_frames_per_video;
+    min_frame_spacing_s := v_min_frame_spacing_s;
     RETURN NEXT;
 END
 $$;
@@ -672,7 +701,10 @@ $$;
 -- Commits the result of an image: detection row and faces replaced, failure row cleared,
 -- attempt closed, image done. Refused (FS001) unless p_owner still holds the image.
 -- p_faces: [{"top", "right", "bottom", "left", "score", "landmarks": [x, y, ...],
---            "embedding": [128 or 512 numbers]}], boxes in original pixels.
+--            "embedding": [128 or 512 numbers]}], boxes in original pixels; a video's
+--            faces also "frame_ms" (their frame's timestamp) and "track".
+-- p_frames: a video's sampled frames (timestamps in ms), all committed at once; NULL
+-- for a photo.
 -- True when committed now, false when it had landed already (a retried commit).
 CREATE OR REPLACE FUNCTION facescan.commit_result(
     p_image_id bigint,
@@ -681,7 +713,8 @@ CREATE OR REPLACE FUNCTION facescan.commit_result(
     p_original_width integer,
     p_original_height integer,
     p_duration_ms integer,
-    p_faces jsonb
+    p_faces jsonb,
+    p_frames integer[] DEFAULT NULL
 ) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -738,6 +771,8 @@ BEGIN
                OR (jsonb_typeof(face -> 'embedding') = 'array'
                    AND jsonb_array_length(face -> 'embedding') NOT IN (128, 512))
                OR coalesce(jsonb_typeof(face -> 'embedding'), 'null') NOT IN ('array', 'null')
+               OR coalesce(jsonb_typeof(face -> 'frame_ms'), 'null') NOT IN ('number', 'null')
+               OR coalesce(jsonb_typeof(face -> 'track'), 'null') NOT IN ('number', 'null')
         ) THEN
             v_faces := -1;
         END IF;
@@ -752,7 +787,8 @@ BEGIN
     END IF;
     IF v_faces > 0 THEN
         INSERT INTO facescan.faces (image_id, box_top, box_right, box_bottom, box_left,
-                                    score, landmarks, model, embedding_dlib, embedding_arcface)
+                                    score, landmarks, model, embedding_dlib, embedding_arcface,
+                                    frame_ms, track)
         SELECT p_image_id, f.top, f."right", f.bottom, f."left", f.score, f.landmarks,
                v_model,
                CASE WHEN jsonb_typeof(f.embedding) = 'array'
@@ -760,22 +796,24 @@ BEGIN
                     THEN f.embedding::text::vector END,
                CASE WHEN jsonb_typeof(f.embedding) = 'array'
                          AND jsonb_array_length(f.embedding) = 512
-                    THEN f.embedding::text::vector END
+                    THEN f.embedding::text::vector END,
+               f.frame_ms, f.track
         FROM jsonb_to_recordset(p_faces) AS f (
             top integer, "right" integer, bottom integer, "left" integer, score real,
-            landmarks real[], embedding jsonb);
+            landmarks real[], embedding jsonb, frame_ms integer, track smallint);
     END IF;
 
     INSERT INTO facescan.detections (image_id, model, scale, max_dimension, step, face_count,
-        original_width, original_height, degraded, duration_ms, worker)
+        original_width, original_height, degraded, duration_ms, worker, frames)
     VALUES (p_image_id, v_model, v_scale, p_max_dimension, v_step,
-        v_faces, p_original_width, p_original_height, v_degraded, p_duration_ms, p_owner)
+        v_faces, p_original_width, p_original_height, v_degraded, p_duration_ms, p_owner,
+        p_frames)
     ON CONFLICT (image_id) DO UPDATE SET
         model = EXCLUDED.model, scale = EXCLUDED.scale, max_dimension = EXCLUDED.max_dimension,
         step = EXCLUDED.step, face_count = EXCLUDED.face_count,
         original_width = EXCLUDED.original_width, original_height = EXCLUDED.original_height,
         degraded = EXCLUDED.degraded, duration_ms = EXCLUDED.duration_ms,
-        worker = EXCLUDED.worker, detected_at = now();
+        worker = EXCLUDED.worker, detected_at = now(), frames = EXCLUDED.frames;
     IF v_error_type IS NOT NULL THEN
         DELETE FROM facescan.failures WHERE image_id = p_image_id;
     END IF;
@@ -796,12 +834,13 @@ CREATE OR REPLACE FUNCTION facescan.complete_image(
     p_original_width integer,
     p_original_height integer,
     p_duration_ms integer,
-    p_faces jsonb
+    p_faces jsonb,
+    p_frames integer[] DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     PERFORM facescan.commit_result(p_image_id, p_owner, p_max_dimension, p_original_width,
-        p_original_height, p_duration_ms, p_faces);
+        p_original_height, p_duration_ms, p_faces, p_frames);
 END
 $$;
 
@@ -814,16 +853,19 @@ CREATE OR REPLACE FUNCTION facescan.complete_and_start_next(
     p_original_width integer,
     p_original_height integer,
     p_duration_ms integer,
-    p_faces jsonb
+    p_faces jsonb,
+    p_frames integer[] DEFAULT NULL
 ) RETURNS TABLE (
     image_id bigint, path text, width integer, height integer, file_bytes bigint,
-    step smallint, model text, scale real, attempt_id bigint, max_dimension integer
+    step smallint, model text, scale real, attempt_id bigint, max_dimension integer,
+    kind facescan.media_kind, duration_ms integer, frames_per_video integer,
+    min_frame_spacing_s real
 )
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     -- (commit_result checks the image's library; the lease's images are all of it)
     IF facescan.commit_result(p_image_id, p_owner, p_max_dimension, p_original_width,
-                              p_original_height, p_duration_ms, p_faces) THEN
+                              p_original_height, p_duration_ms, p_faces, p_frames) THEN
         RETURN QUERY SELECT * FROM facescan.start_unstarted(p_owner);
     ELSE  -- a retried commit: the next image may have been started by the first try
         RETURN QUERY SELECT * FROM facescan.start_next(p_owner);
@@ -1095,7 +1137,8 @@ END
 $$;
 
 -- Queues done images again from the first cascade step: only degraded results (found
--- at a reduced scale or with HOG) with p_only_degraded, optionally only given paths.
+-- at a reduced scale or with HOG) with p_only_degraded, optionally only given paths;
+-- never facescan's own images (paths beneath .facescan/: uploaded reference photos).
 -- Their faces stay until the new result replaces them.
 CREATE OR REPLACE FUNCTION facescan.rescan(
     p_library text,
@@ -1109,6 +1152,7 @@ LANGUAGE sql SECURITY DEFINER AS $$
         WHERE i.library = p_library AND i.state = 'done'
           AND (NOT p_only_degraded OR i.degraded)
           AND (p_paths IS NULL OR i.path = ANY (p_paths))
+          AND i.path NOT LIKE '.facescan/%'  -- facescan's own images: no file to redo
     ), false)
 $$;
 
@@ -1129,6 +1173,18 @@ LANGUAGE sql STABLE SECURITY DEFINER AS $$
     WHERE c.library = p_library
     GROUP BY c.state, c.error_type, c.degraded, c.missing
     HAVING sum(c.images) <> 0 OR sum(c.faces) <> 0
+$$;
+
+-- A library's videos (of the images status_counts counts) and their faces, by state and
+-- whether missing: O(videos), through the partial index images_videos.
+CREATE OR REPLACE FUNCTION facescan.video_counts(p_library text)
+RETURNS TABLE (state facescan.image_state, missing boolean, videos bigint, faces bigint)
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    SELECT i.state, i.missing_since IS NOT NULL, count(*)::bigint, sum(i.face_count)::bigint
+    FROM facescan.images i
+    WHERE i.library = p_library AND i.kind = 'video'
+    GROUP BY 1, 2
 $$;
 
 -- Images runnable now, by (cascade step, size class), each group counted up to p_cap:
@@ -1261,27 +1317,30 @@ CREATE OR REPLACE FUNCTION facescan.image_by_path(p_library text, p_path text)
 RETURNS TABLE (
     id bigint, path text, state facescan.image_state, step smallint, attempts smallint,
     error_type facescan.error_type, degraded boolean, face_count integer, width integer,
-    height integer, model text, scale real, original_width integer, original_height integer
+    height integer, model text, scale real, original_width integer, original_height integer,
+    kind facescan.media_kind, duration_ms integer, frames integer[]
 )
 LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT facescan.authorize(p_library, true);
     SELECT i.id, i.path, i.state, i.step, i.attempts, i.error_type, i.degraded, i.face_count,
-           i.width, i.height, d.model, d.scale, d.original_width, d.original_height
+           i.width, i.height, d.model, d.scale, d.original_width, d.original_height, i.kind,
+           i.duration_ms, d.frames
     FROM facescan.images i
     LEFT JOIN facescan.detections d ON d.image_id = i.id
     WHERE i.library = p_library AND i.path = p_path
 $$;
 
--- The committed faces of one image, boxes in original pixels.
+-- The committed faces of one image, boxes in original pixels (a video's with their
+-- frame's timestamp and their track), in `facescan faces` order.
 CREATE OR REPLACE FUNCTION facescan.faces_of_image(p_image_id bigint)
 RETURNS TABLE (
     box_top integer, box_right integer, box_bottom integer, box_left integer, score real,
-    model text, scale real, landmarks real[]
+    model text, scale real, landmarks real[], id bigint, frame_ms integer, track smallint
 )
 LANGUAGE sql STABLE SECURITY DEFINER AS $$
     SELECT facescan.authorize(i.library, true) FROM facescan.images i WHERE i.id = p_image_id;
     SELECT f.box_top, f.box_right, f.box_bottom, f.box_left, f.score, f.model, d.scale,
-           f.landmarks
+           f.landmarks, f.id, f.frame_ms, f.track
     FROM facescan.faces f
     JOIN facescan.detections d ON d.image_id = f.image_id
     WHERE f.image_id = p_image_id
@@ -1298,11 +1357,25 @@ LANGUAGE sql STABLE SECURITY DEFINER AS $$
     ORDER BY i.path
 $$;
 
+-- The timestamps (ms) of the sampled frames where each done video of a library has faces.
+CREATE OR REPLACE FUNCTION facescan.video_face_frames(p_library text)
+RETURNS TABLE (path text, frames integer[])
+LANGUAGE sql STABLE SECURITY DEFINER AS $$
+    SELECT facescan.authorize(p_library, true);
+    SELECT i.path, ARRAY(SELECT DISTINCT f.frame_ms FROM facescan.faces f
+                         WHERE f.image_id = i.id AND f.frame_ms IS NOT NULL ORDER BY 1)
+    FROM facescan.images i
+    WHERE i.library = p_library AND i.state = 'done' AND i.kind = 'video'
+    ORDER BY i.path
+$$;
+
 -- People, as the operator sees them -------------------------------------------------------
 
 -- The people of a library and its faces by assignment: assigned (matched, to a person),
 -- pending (a suggestion for a person) and unassigned (nobody's, or not considered by
--- matching yet). For a FaceScan's status: the operator reads it once per people Job.
+-- matching yet). The faces of one track of a video (one person across its frames)
+-- count once, as their best assignment: a person counts once per video, not once per
+-- frame. For a FaceScan's status: the operator reads it once per people Job.
 CREATE OR REPLACE FUNCTION facescan.people_counts(p_library text)
 RETURNS TABLE (people bigint, assigned bigint, pending bigint, unassigned bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER AS $$
@@ -1310,13 +1383,19 @@ BEGIN
     PERFORM facescan.authorize(p_library, true);
     RETURN QUERY
     SELECT (SELECT count(*) FROM facescan.people p WHERE p.library = p_library),
-           count(*) FILTER (WHERE fp.status = 'matched'),
-           count(*) FILTER (WHERE fp.status = 'pending'),
-           count(*) FILTER (WHERE fp.person_id IS NULL)
-    FROM facescan.faces f
-    JOIN facescan.images i ON i.id = f.image_id
-    LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
-    WHERE i.library = p_library;
+           count(*) FILTER (WHERE u.matched),
+           count(*) FILTER (WHERE u.pending AND NOT u.matched),
+           count(*) FILTER (WHERE NOT u.matched AND NOT u.pending)
+    FROM (
+        SELECT coalesce(bool_or(fp.status = 'matched'), false) AS matched,
+               coalesce(bool_or(fp.status = 'pending'), false) AS pending
+        FROM facescan.faces f
+        JOIN facescan.images i ON i.id = f.image_id
+        LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
+        WHERE i.library = p_library
+        -- one unit per track of a video, one per face otherwise (face ids are positive)
+        GROUP BY f.image_id, coalesce(f.track::bigint, -f.id)
+    ) AS u;
 END
 $$;
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from facescan_queue.types import ErrorType, ImageState
+
+MediaKind = Literal["image", "video"]
+"""What a registered file is (facescan.media_kind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +27,10 @@ class LibraryPolicy:
     max_attempts: int | None = None
     max_dimension: int | None = None
     """The long side images are capped at before detection (0: no cap)."""
+    frames_per_video: int | None = None
+    """Frames sampled per video, evenly over its duration (1-100)."""
+    min_frame_spacing_s: float | None = None
+    """Fewer frames of a short video where they would be closer than this (0: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,8 @@ class Library:
     backoff_cap_s: int
     max_attempts: int
     max_dimension: int
+    frames_per_video: int = 5
+    min_frame_spacing_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,10 @@ class NewImage:
     height: int | None = None
     file_bytes: int | None = None
     mtime: datetime | None = None
+    kind: MediaKind = "image"
+    """A photo, or a video (its width and height its frames', from its header)."""
+    duration_ms: int | None = None
+    """A video's duration from its container header (None: a photo, or unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +136,11 @@ class StartedImage:
     max_dimension: int
     """The library's cap on the long side (0: none): the image is detected at
     min(long side, max_dimension) x scale."""
+    kind: MediaKind = "image"
+    duration_ms: int | None = None
+    frames_per_video: int = 5
+    """For a video: how many frames to sample (the library's setting)."""
+    min_frame_spacing_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +164,13 @@ class FaceResult:
     score: float | None = None
     landmarks: tuple[float, ...] = ()
     embedding: tuple[float, ...] | None = None
+    frame_ms: int | None = None
+    """A video's face: the timestamp of its frame."""
+    track: int | None = None
+    """A video's face: its track (one person across the video's frames), from 0."""
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        face = {
             "top": self.top,
             "right": self.right,
             "bottom": self.bottom,
@@ -157,6 +179,10 @@ class FaceResult:
             "landmarks": list(self.landmarks),
             "embedding": None if self.embedding is None else list(self.embedding),
         }
+        if self.frame_ms is not None:
+            face["frame_ms"] = self.frame_ms
+            face["track"] = self.track
+        return face
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +194,8 @@ class DetectionResult:
     duration_ms: int
     original_width: int | None = None
     original_height: int | None = None
+    frames: tuple[int, ...] | None = None
+    """A video's sampled frames (timestamps in ms), with or without faces."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +261,11 @@ class QueueStatus:
     faces: int = 0
     by_error_type: dict[str, int] = field(default_factory=dict)
     missing: int = 0
+    videos: int = 0
+    """Of ``images``, the videos (each one item, its faces those of its frames)."""
+    videos_done: int = 0
+    video_faces: int = 0
+    """Of ``faces``, those found in videos' frames."""
 
     def as_json(self) -> dict[str, Any]:
         counts: dict[str, Any] = {
@@ -248,6 +281,10 @@ class QueueStatus:
         }
         if self.missing:  # present when any image is missing
             counts["missing"] = self.missing
+        if self.videos:  # present when any image is a video
+            counts["videos"] = self.videos
+            counts["videos_done"] = self.videos_done
+            counts["video_faces"] = self.video_faces
         return counts
 
 

@@ -5,10 +5,10 @@
 SELECT max(version) FROM facescan.schema_version;
 
 -- name: ensure_library
-SELECT * FROM facescan.ensure_library($1, $2, $3, $4, $5, $6, $7, $8);
+SELECT * FROM facescan.ensure_library($1, $2, $3, $4, $5, $6, $7, $8, $9, $10);
 
 -- name: register_images
-SELECT * FROM facescan.register_images($1, $2, $3, $4, $5, $6, $7);
+SELECT * FROM facescan.register_images($1, $2, $3, $4, $5, $6, $7, $8::facescan.media_kind[], $9);
 
 -- name: unseen_images
 SELECT path FROM facescan.unseen_images($1, $2) AS path;
@@ -33,10 +33,10 @@ SELECT facescan.peek_next($1);
 SELECT * FROM facescan.step_down($1, $2, $3);
 
 -- name: complete_image
-SELECT facescan.complete_image($1, $2, $3, $4, $5, $6, $7::jsonb);
+SELECT facescan.complete_image($1, $2, $3, $4, $5, $6, $7::jsonb, $8);
 
 -- name: complete_and_start_next
-SELECT * FROM facescan.complete_and_start_next($1, $2, $3, $4, $5, $6, $7::jsonb);
+SELECT * FROM facescan.complete_and_start_next($1, $2, $3, $4, $5, $6, $7::jsonb, $8);
 
 -- name: fail_image
 SELECT * FROM facescan.fail_image($1, $2, $3, $4, $5, $6, $7);
@@ -55,6 +55,9 @@ SELECT facescan.rescan($1, $2, $3);
 
 -- name: status_counts
 SELECT * FROM facescan.status_counts($1);
+
+-- name: video_counts
+SELECT * FROM facescan.video_counts($1);
 
 -- name: runnable_groups
 SELECT * FROM facescan.runnable_groups($1, $2);
@@ -92,6 +95,9 @@ SELECT * FROM facescan.faces_of_image($1);
 
 -- name: faces_per_image
 SELECT * FROM facescan.faces_per_image($1);
+
+-- name: video_face_frames
+SELECT * FROM facescan.video_face_frames($1);
 
 -- name: legacy_table_exists
 SELECT to_regclass('ai_metadata') IS NOT NULL;
@@ -164,11 +170,12 @@ SELECT pg_advisory_xact_lock(7166504863370871);
 -- name: done_with_other_settings
 -- Done images of a library whose result came from other settings than ($2 cascade models,
 -- $3 cascade scales, $4 max dimension): a result is current when its max dimension is
--- $4 and its model and scale are those of the cascade at its own step or at the first.
+-- $4 and its model and scale are those of the cascade at its own step or at the first
+-- (facescan's own images, beneath .facescan/, left out: rescan never redoes them).
 SELECT d.model, d.scale, d.max_dimension, count(*)::integer AS images
 FROM facescan.images i
 JOIN facescan.detections d ON d.image_id = i.id
-WHERE i.library = $1 AND i.state = 'done'
+WHERE i.library = $1 AND i.state = 'done' AND i.path NOT LIKE '.facescan/%'
   AND NOT (d.max_dimension = $4 AND (
     (d.model = ($2::text[])[d.step + 1] AND d.scale = ($3::real[])[d.step + 1]) IS TRUE
     OR (d.model = ($2::text[])[1] AND d.scale = ($3::real[])[1])))
@@ -217,7 +224,9 @@ WHERE j.library = $1 AND j.job_id = $2 AND i.library = $1 AND i.path = $3;
 -- one job with its image's state and, once settled, its detection or failure
 SELECT j.job_id, j.media_id, j.media_url, j.media_path, j.callback_url, j.image_id,
        j.error_type AS fetch_error_type, j.error AS fetch_error, j.created_at,
-       j.delivery_attempts, j.next_delivery_at, j.acknowledged_at, j.last_delivery_error,
+       j.delivery_attempts, j.acknowledged_at, j.last_delivery_error,
+       CASE WHEN isfinite(j.next_delivery_at) THEN j.next_delivery_at END AS next_delivery_at,
+       j.acknowledged_at IS NULL AND NOT isfinite(j.next_delivery_at) AS delivery_given_up,
        i.state::text AS image_state, i.attempts, i.degraded, i.updated_at,
        d.model, d.scale, d.original_width, d.original_height, d.detected_at,
        f.error_type::text AS failure_type, f.last_error, f.last_failure_at
@@ -239,7 +248,8 @@ ORDER BY f.box_left, f.box_top, f.id;
 -- name: api_jobs_due
 -- Takes up to $3 settled jobs of library $1 whose callback is due and not acknowledged:
 -- counts the attempt and holds it for $2 seconds (a deliverer that dies mid-delivery
--- leaves it to be taken again then; concurrent deliverers skip each other's).
+-- leaves it to be taken again then; concurrent deliverers skip each other's). A
+-- delivery given up is due at 'infinity': never now, past the index's range.
 UPDATE facescan.api_jobs j
 SET delivery_attempts = j.delivery_attempts + 1,
     next_delivery_at = now() + make_interval(secs => $2)
@@ -264,4 +274,11 @@ RETURNING true;
 -- a delivery not acknowledged: the next one in $3 seconds
 UPDATE facescan.api_jobs
 SET next_delivery_at = now() + make_interval(secs => $3), last_delivery_error = $4
+WHERE library = $1 AND job_id = $2 AND acknowledged_at IS NULL;
+
+-- name: api_job_delivery_given_up
+-- no more deliveries (too many attempts, too old, a target refused): due at 'infinity',
+-- which no api_jobs_due ever reaches, with why ($3)
+UPDATE facescan.api_jobs
+SET next_delivery_at = 'infinity', last_delivery_error = $3
 WHERE library = $1 AND job_id = $2 AND acknowledged_at IS NULL;

@@ -243,6 +243,8 @@ class Queue:
                 p.backoff_cap_s,
                 p.max_attempts,
                 p.max_dimension,
+                p.frames_per_video,
+                p.min_frame_spacing_s,
             )
         )[0]
         return Library(
@@ -253,6 +255,8 @@ class Queue:
             backoff_cap_s=row["backoff_cap_s"],
             max_attempts=row["max_attempts"],
             max_dimension=row["max_dimension"],
+            frames_per_video=row["frames_per_video"],
+            min_frame_spacing_s=row["min_frame_spacing_s"],
         )
 
     async def register(self, library: str, images: Sequence[NewImage], *, priority: int = 0) -> int:
@@ -290,6 +294,8 @@ class Queue:
                         [i.file_bytes for i in chunk],
                         priority,
                         [i.mtime for i in chunk],
+                        [i.kind for i in chunk],
+                        [i.duration_ms for i in chunk],
                     )
                     assert row is not None
                     done += Registered(
@@ -438,6 +444,12 @@ class Queue:
                 by_type[error_type] = by_type.get(error_type, 0) + n
                 if state is ImageState.PENDING:
                     retrying += n
+        videos = videos_done = video_faces = 0
+        for row in await self._fetch("video_counts", library):
+            videos += row["videos"]
+            video_faces += row["faces"]
+            if row["state"] == ImageState.DONE and not row["missing"]:
+                videos_done += row["videos"]
         return QueueStatus(
             images=sum(counts.values()) + missing,
             pending=counts[ImageState.PENDING],
@@ -449,6 +461,9 @@ class Queue:
             faces=faces,
             by_error_type={k: v for k, v in by_type.items() if v},
             missing=missing,
+            videos=videos,
+            videos_done=videos_done,
+            video_faces=video_faces,
         )
 
     async def runnable_groups(self, library: str, *, cap: int) -> list[GroupCount]:
@@ -540,6 +555,11 @@ class Queue:
         """(path, face count) of every done image of a library."""
         return [(r["path"], r["face_count"]) for r in await self._fetch("faces_per_image", library)]
 
+    async def video_face_frames(self, library: str) -> dict[str, list[int]]:
+        """The frame timestamps (ms) with faces of every done video of a library, by path."""
+        rows = await self._fetch("video_face_frames", library)
+        return {r["path"]: list(r["frames"]) for r in rows}
+
     async def legacy_images(self) -> list[tuple[str, bool]]:
         """(image_path, is_processed) of the older worker's ai_metadata table."""
         if not await self._value("legacy_table_exists"):
@@ -614,4 +634,5 @@ def _result_args(result: DetectionResult) -> tuple[Any, ...]:
         result.original_height,
         result.duration_ms,
         faces,
+        list(result.frames) if result.frames is not None else None,
     )

@@ -41,6 +41,10 @@ CREATE TYPE facescan.error_type AS ENUM (
 
 CREATE TYPE facescan.attempt_outcome AS ENUM ('done', 'failed', 'released');
 
+-- A photo, or a video (migration 9): one queue item whose result is the faces of a few
+-- sampled frames, each with its frame's timestamp.
+CREATE TYPE facescan.media_kind AS ENUM ('image', 'video');
+
 -- A library: one photo collection (one FaceScan on a cluster), with its cascade and
 -- retry policy. Every image belongs to one.
 CREATE TABLE facescan.libraries (
@@ -61,6 +65,10 @@ CREATE TABLE facescan.libraries (
     -- the long side images are capped at before detection (0: no cap); start_next
     -- returns it with each image
     max_dimension integer NOT NULL DEFAULT 1280 CHECK (max_dimension >= 0),
+    -- frames sampled per video, evenly over its duration (migration 9), fewer where they
+    -- would be closer than min_frame_spacing_s seconds
+    frames_per_video integer NOT NULL DEFAULT 5 CHECK (frames_per_video BETWEEN 1 AND 100),
+    min_frame_spacing_s real NOT NULL DEFAULT 0 CHECK (min_frame_spacing_s >= 0),
     CHECK (cardinality(cascade_models) >= 1
            AND cardinality(cascade_models) = cardinality(cascade_scales)
            AND cascade_models <@ '{hog,cnn,insightface}'::text[]
@@ -131,6 +139,10 @@ CREATE TABLE facescan.images (
     -- when a registration that walked the whole library root found the file gone; NULL
     -- while it is there (register_images unmarks it, mark_missing marks it)
     missing_since timestamptz,
+    -- a photo or a video; a video's width and height are its frames' (it sizes like a
+    -- photo of that size) and its duration is read from its container header
+    kind facescan.media_kind NOT NULL DEFAULT 'image',
+    duration_ms integer CHECK (duration_ms >= 0),
     CONSTRAINT images_library_path_key UNIQUE (library, path),
     CONSTRAINT images_leased_has_owner CHECK ((state = 'leased') = (lease_owner IS NOT NULL))
 ) WITH (fillfactor = 80);  -- room on each page for HOT updates while an image is worked on
@@ -146,6 +158,8 @@ CREATE INDEX images_leased ON facescan.images (lease_owner, priority DESC, attem
     WHERE lease_owner IS NOT NULL;
 CREATE INDEX images_failing ON facescan.images (library, error_type)
     WHERE error_type IS NOT NULL;
+-- A library's videos, for status (counted apart from photos, O(videos))
+CREATE INDEX images_videos ON facescan.images (library, state) WHERE kind = 'video';
 
 -- One row per image whose detection really ran (even with 0 faces).
 CREATE TABLE facescan.detections (
@@ -160,7 +174,9 @@ CREATE TABLE facescan.detections (
     degraded boolean NOT NULL,
     duration_ms integer NOT NULL,
     worker text NOT NULL,
-    detected_at timestamptz NOT NULL DEFAULT now()
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    -- a video's sampled frames, timestamps in ms (NULL for a photo)
+    frames integer[]
 );
 
 -- Boxes are in ORIGINAL image pixels, in the orientation a person sees the image.
@@ -176,6 +192,10 @@ CREATE TABLE facescan.faces (
     model text NOT NULL,
     embedding_dlib vector(128),
     embedding_arcface vector(512),
+    -- a video's face: its frame's timestamp, and its track (faces of one video that are
+    -- one person across frames share it; numbered per video from 0). NULL for a photo.
+    frame_ms integer CHECK (frame_ms >= 0),
+    track smallint CHECK (track >= 0),
     CHECK (box_left <= box_right AND box_top <= box_bottom),
     CHECK (num_nonnulls(embedding_dlib, embedding_arcface) <= 1)
 );
@@ -461,3 +481,4 @@ END
 $$;
 
 INSERT INTO facescan.schema_version (version, description) VALUES (8, 'api jobs');
+INSERT INTO facescan.schema_version (version, description) VALUES (9, 'videos');

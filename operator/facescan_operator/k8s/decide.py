@@ -61,9 +61,9 @@ def policy(spec: FaceScanSpec, calibration: CalibrationTable) -> Policy:
 
 
 def policy_of(spec: FaceScanSpec) -> LibraryPolicy:
-    """The library row's cascade, max dimension and retry policy, as the spec says (the
-    detector reads its step's model and scale and the max dimension, and the queue its
-    retry policy, from there)."""
+    """The library row's cascade, max dimension, video sampling and retry policy, as the
+    spec says (the detector reads its step's model and scale, the max dimension and how
+    to sample videos, and the queue its retry policy, from there)."""
     r = spec.retry_policy
     return LibraryPolicy(
         cascade_models=tuple(s.model for s in spec.cascade),
@@ -73,6 +73,8 @@ def policy_of(spec: FaceScanSpec) -> LibraryPolicy:
         backoff_cap_s=r.backoff_cap_seconds,
         max_attempts=r.max_attempts,
         max_dimension=spec.max_dimension,
+        frames_per_video=spec.frames_per_video,
+        min_frame_spacing_s=spec.min_frame_spacing_seconds,
     )
 
 

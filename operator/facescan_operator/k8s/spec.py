@@ -139,6 +139,12 @@ class FaceScanSpec(_Spec):
     detector: Detector
     cascade: tuple[Step, ...] = DEFAULT_CASCADE
     max_dimension: int = Field(default=defaults.DEFAULT_MAX_DIMENSION, alias="maxDimension", ge=0)
+    frames_per_video: int = Field(
+        default=defaults.DEFAULT_FRAMES_PER_VIDEO, alias="framesPerVideo", ge=1, le=100
+    )
+    """Frames sampled per video, evenly over its duration."""
+    min_frame_spacing_seconds: float = Field(default=0.0, alias="minFrameSpacingSeconds", ge=0)
+    """Fewer frames of a short video where they would be closer than this (0: none)."""
     image_timeout_seconds: int = Field(default=300, alias="imageTimeoutSeconds", ge=1)
     batch_size: int = Field(default=25, alias="batchSize", ge=1, le=10000)
     parallelism: int = Field(default=4, ge=1, le=1000)

@@ -191,3 +191,18 @@ async def test_rescan_everything_or_given_paths(queue: Queue, db: asyncpg.Connec
     assert await queue.rescan(LIB, only_degraded=False) == 2
     assert await queue.rescan(LIB, only_degraded=False) == 0
     assert (await queue.status(LIB)).pending == 3
+
+
+async def test_rescan_leaves_facescans_own_images_alone(
+    queue: Queue, db: asyncpg.Connection
+) -> None:
+    """An uploaded reference photo (POST /people) is a done image at .facescan/... with no
+    file: a rescan, even of everything or of other settings, never queues it again."""
+    await register(queue, 1, prefix=".facescan/uploads")
+    started = await claim_and_start(queue, "w0")
+    await queue.complete(started.image_id, "w0", result([face()]))
+
+    assert await queue.rescan(LIB, only_degraded=False) == 0
+    assert await queue.done_with_other_settings(LIB, [("cnn", 0.5)], 640) == []
+    assert await queue.rescan_other_settings(LIB, [("cnn", 0.5)], 640) == 0
+    assert (await queue.status(LIB)).done == 1

@@ -51,7 +51,7 @@ def test_hidden_directories_are_skipped(tmp_path: Path) -> None:
 
 
 def test_non_images_are_ignored(tmp_path: Path) -> None:
-    _touch(tmp_path, "notes.txt", "movie.mp4", "raw.CR2", "jpg", "a.jpg.xmp", "b.jpg")
+    _touch(tmp_path, "notes.txt", "movie.wmv", "raw.CR2", "jpg", "a.jpg.xmp", "b.jpg")
     assert _relative(tmp_path) == ["b.jpg"]
 
 

@@ -80,6 +80,11 @@ def test_only_paths_with_nothing_there_are_gone(tmp_path: Path) -> None:
     assert gone(tmp_path, paths) == ["gone.jpg", "file/under-a-file.jpg", "x/y.jpg"]
 
 
+def test_facescans_own_images_are_never_gone(tmp_path: Path) -> None:
+    """The reference photos uploaded to POST /people have no file in the root."""
+    assert gone(tmp_path, [".facescan/uploads/0a1b", "gone.jpg"]) == ["gone.jpg"]
+
+
 def test_register_says_what_changed_went_missing_and_came_back() -> None:
     result = {
         "library": "photos/family",
