@@ -110,6 +110,7 @@ class MemoryLimiter:
             return Slot(self.enforcement, limit_bytes)
         if self.enforcement is Enforcement.CGROUP_V1:
             path = self.base / name
+            _rmdir(path)  # one left by a killed earlier process of this pid (empty: no task)
             path.mkdir()
             (path / "memory.limit_in_bytes").write_text(str(limit_bytes))
             swap = path / "memory.memsw.limit_in_bytes"
@@ -117,6 +118,7 @@ class MemoryLimiter:
                 swap.write_text(str(limit_bytes))
             return Slot(self.enforcement, limit_bytes, path)
         path = self.base / f"facescan-{os.getpid()}-{name}"
+        _rmdir(path)
         path.mkdir()
         (path / "memory.max").write_text(str(limit_bytes))
         if (path / "memory.swap.max").exists():
