@@ -2,16 +2,18 @@
 
 ``create_app`` is called by the serve command (``facescan_api.serve``) with a started
 worker pool and, when a database is configured, its probe; tests call it the same way.
-Routes: POST /detect, POST /process and GET /process/{job_id} (``process``; every route
-but health needs an API key: ``guard``), GET /health,
-/health/live, /health/ready, /metrics and /openapi.json. Every error answer is an
+Routes: POST /detect, POST /process and GET /process/{job_id} (``process``), /people
+(``people_routes``) and POST /cluster (``cluster_routes``) with a database, Immich's
+/ping and /predict with --immich (``immich``), GET /health, /health/live,
+/health/ready, /metrics and /openapi.json; every route but health (and Immich's) needs
+an API key (``guard``). Every error answer is an
 :class:`~facescan_api.models.ErrorBody`; a bad upload is a 4xx, never a 500.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from typing import Annotated, Any
 
@@ -19,10 +21,13 @@ from fastapi import FastAPI, File, Request, Response, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 
-from facescan_api.guard import Guard, Measure, error_response
+from facescan_api.cluster_routes import cluster_router
+from facescan_api.guard import OPEN_PATHS, Guard, Measure, Problem, error_response
 from facescan_api.health import DatabaseProbe
+from facescan_api.immich import IMMICH_PATHS, immich_router
 from facescan_api.jobs import Jobs
 from facescan_api.metrics import ApiMetrics
 from facescan_api.models import (
@@ -38,9 +43,12 @@ from facescan_api.models import (
     Liveness,
     PoolHealth,
 )
-from facescan_api.pool import Busy, DetectorPool, UploadTimeout, WorkerLost
+from facescan_api.people_routes import people_router
+from facescan_api.pool import DetectorPool
 from facescan_api.process import process_router
+from facescan_api.uploads import detect as detect_upload
 from facescan_api.work import Detected
+from facescan_queue.repository import Queue
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -71,39 +79,42 @@ Authorized = [Security(_bearer)]
 """Documents the key in OpenAPI; ``guard.Guard`` enforces it for every route but health."""
 
 
-class ApiError(Exception):
-    def __init__(
-        self, status: int, error: ErrorType, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
-
-
 def create_app(
     pool: DetectorPool,
     *,
     keys: tuple[bytes, ...] | None,
     max_upload_bytes: int,
     database: DatabaseProbe | None = None,
+    queue: Queue | None = None,
     jobs: Jobs | None = None,
     kick: Callable[[], None] = lambda: None,
+    immich: bool = False,
+    collectors: Sequence[Collector] = (),
 ) -> FastAPI:
     """The app over a started ``pool``; ``keys`` None serves without authentication;
-    ``jobs`` None: /process is off."""
+    ``queue`` None (no database): /people and /cluster are off; ``jobs`` None: /process
+    is off; ``collectors`` join /metrics (/process's)."""
     app = FastAPI(
         title="facescan",
         version=version("facescan"),
         description="Finds the faces in an uploaded photo with facescan's detector, or in "
-        "a photo by URL or path through facescan's queue, with a signed callback.",
+        "a photo by URL or path through facescan's queue, with a signed callback; names "
+        "and clusters them with facescan's people.",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,  # served below, behind the API key
     )
     metrics = ApiMetrics(pool.stats)
-    app.add_middleware(Guard, keys=keys, max_body=max_upload_bytes)
+    for collector in collectors:
+        metrics.registry.register(collector)
+    open_paths = OPEN_PATHS | (IMMICH_PATHS if immich else frozenset())
+    app.add_middleware(Guard, keys=keys, max_body=max_upload_bytes, open_paths=open_paths)
     app.add_middleware(Measure, metrics=lambda: metrics)
     _handlers(app)
     app.include_router(process_router(jobs, kick, Authorized))
+    app.include_router(immich_router(pool, metrics.rejected.inc, on=immich))
+    app.include_router(people_router(queue, pool, Authorized))
+    app.include_router(cluster_router(queue, Authorized))
 
     @app.post(
         "/detect",
@@ -118,19 +129,8 @@ def create_app(
         started = time.monotonic()
         data = await image.read()
         if not data:
-            raise ApiError(400, "invalid_request", "the `image` file is empty")
-        try:
-            outcome = await pool.detect(data)
-        except Busy as exc:
-            metrics.rejected.inc()
-            raise ApiError(503, "busy", str(exc), {"Retry-After": str(exc.retry_after_s)}) from exc
-        except UploadTimeout as exc:
-            raise ApiError(422, "image_timeout", str(exc)) from exc
-        except WorkerLost as exc:
-            retry = {"Retry-After": str(pool.retry_after())}
-            raise ApiError(503, "worker_lost", str(exc), retry) from exc
-        if not isinstance(outcome, Detected):
-            raise ApiError(outcome.status, outcome.error, outcome.detail)
+            raise Problem(400, "invalid_request", "the `image` file is empty")
+        outcome, _ = await detect_upload(pool, data, on_busy=metrics.rejected.inc)
         return _response(outcome, round((time.monotonic() - started) * 1000))
 
     async def health_report() -> tuple[Health, bool]:
@@ -187,7 +187,10 @@ def create_app(
         "/metrics",
         dependencies=Authorized,
         response_class=Response,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text"},
+            401: _ERRORS[401],
+        },
     )
     async def prometheus() -> Response:
         """Requests by route and status, latency histograms, pool saturation."""
@@ -201,8 +204,8 @@ def create_app(
 
 
 def _handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(Problem)
+    async def api_error(_: Request, exc: Problem) -> JSONResponse:
         return error_response(exc.status, exc.error, exc.detail, exc.headers)
 
     @app.exception_handler(HTTPException)

@@ -23,6 +23,17 @@ OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 """Routes that need no API key (the kubelet's probes have none)."""
 
 
+class Problem(Exception):
+    """A request a route refuses: its status, type, message and headers, answered as
+    an :class:`ErrorBody` (by the app's handler, or a route class of its own)."""
+
+    def __init__(
+        self, status: int, error: ErrorType, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
 def error_response(
     status: int, error: ErrorType, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -40,18 +51,27 @@ class UploadTooLarge(HTTPException):
 class Guard:
     """API keys (constant-time, every key compared; never logged) and the body limit."""
 
-    def __init__(self, app: ASGIApp, *, keys: tuple[bytes, ...] | None, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: tuple[bytes, ...] | None,
+        max_body: int,
+        open_paths: frozenset[str] = OPEN_PATHS,
+    ) -> None:
         self.app = app
         self.keys = keys
         """None: --no-auth."""
         self.max_body = max_body
+        self.open_paths = open_paths
+        """Served without a key: health, and with --immich Immich's /ping and /predict."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if self.keys is not None and scope["path"] not in OPEN_PATHS:
+        if self.keys is not None and scope["path"] not in self.open_paths:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not key_matches(given.strip().encode(), self.keys):
                 detail = "a valid API key is needed: Authorization: Bearer <key>"

@@ -25,13 +25,23 @@ JobErrorType = Literal[
     "unavailable",
     "internal",
 ]
+DeliveryState = Literal["pending", "acknowledged", "given_up"]
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class ProcessRequest(BaseModel):
     """One job: the media by URL (fetched) or by path (copied), and where to call back."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # `_one_source` in the document: exactly one of them is a string
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("media_url", "path")
+            ]
+        },
+    )
 
     job_id: str = Field(
         pattern=JOB_ID_PATTERN,
@@ -88,9 +98,15 @@ class JobResult(BaseModel):
 
 class CallbackState(BaseModel):
     url: str
+    state: DeliveryState = Field(
+        description="pending (owed: the job is not settled yet, or a delivery is due at "
+        "next_attempt_at), acknowledged (a delivery got a 2xx; never sent again) or "
+        "given_up (too many attempts, too long after the job settled, or a target the "
+        "callback rules refuse: last_error says which; never sent again)."
+    )
     attempts: int = Field(description="Deliveries tried.")
     acknowledged_at: datetime | None = Field(description="When a delivery got a 2xx (once).")
-    next_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="When the next delivery is due.")
     last_error: str | None
 
 

@@ -21,15 +21,17 @@ from pathlib import Path
 import asyncpg
 from PIL import Image
 
+from facescan_api.callback_targets import CallbackRules, check_callback_url
 from facescan_api.job_models import (
     CallbackState,
+    DeliveryState,
     JobError,
     JobErrorType,
     JobState,
     JobStatus,
     ProcessRequest,
 )
-from facescan_api.media import DownloadFailed, MediaRefused, MediaRules, check_url, copy, fetch
+from facescan_api.media import DownloadFailed, MediaRefused, MediaRules, copy, fetch
 from facescan_api.models import Box, Embedding, Face, ImageSize
 from facescan_queue.api_jobs import ApiJobs, NewJob, settled_at
 from facescan_queue.models import NewImage
@@ -50,11 +52,18 @@ class Jobs:
     """The API library's jobs: submitting them and reading their results."""
 
     def __init__(
-        self, store: ApiJobs, media_dir: Path, rules: MediaRules, *, secret: bytes | None
+        self,
+        store: ApiJobs,
+        media_dir: Path,
+        rules: MediaRules,
+        *,
+        callbacks: CallbackRules,
+        secret: bytes | None,
     ) -> None:
         self.store = store
         self.media_dir = media_dir
         self.rules = rules
+        self.callbacks = callbacks
         self.has_secret = secret is not None
 
     async def submit(self, request: ProcessRequest) -> JobStatus:
@@ -73,7 +82,7 @@ class Jobs:
                     "callback_not_configured",
                     "callback_url needs FACESCAN_CALLBACK_SECRET on the server, to sign with",
                 )
-            check_url(job.callback_url, self.rules, what="callback_url")
+            check_callback_url(job.callback_url, self.callbacks)
         name = _media_name(self.store.library, job.job_id)
         part = self.media_dir / f".{name}.part"
         try:
@@ -132,11 +141,17 @@ class Jobs:
         callback = None
         if row["callback_url"] is not None:
             acknowledged = row["acknowledged_at"]
+            delivery: DeliveryState = "pending"
+            if acknowledged is not None:
+                delivery = "acknowledged"
+            elif row["delivery_given_up"]:
+                delivery = "given_up"
             callback = CallbackState(
                 url=row["callback_url"],
+                state=delivery,
                 attempts=row["delivery_attempts"],
                 acknowledged_at=acknowledged,
-                next_attempt_at=None if acknowledged else row["next_delivery_at"],
+                next_attempt_at=row["next_delivery_at"] if delivery == "pending" else None,
                 last_error=row["last_delivery_error"],
             )
         settled = state in ("done", "failed")

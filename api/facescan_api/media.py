@@ -48,18 +48,18 @@ class MediaRules:
     timeout_s: float
 
 
-def check_url(url: str, rules: MediaRules, *, what: str = "media_url") -> httpx.URL:
-    """The URL, if http(s) on an allowed host (``what`` names it in messages)."""
+def check_url(url: str, rules: MediaRules) -> httpx.URL:
+    """The media_url, if http(s) on an allowed host."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
-        raise MediaRefused(422, "url_not_allowed", f"{what} is not a URL: {exc}") from exc
+        raise MediaRefused(422, "url_not_allowed", f"media_url is not a URL: {exc}") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise MediaRefused(422, "url_not_allowed", f"{what} must be an http(s) URL with a host")
-    if what == "media_url" and parsed.host.lower() not in rules.hosts:
+        raise MediaRefused(422, "url_not_allowed", "media_url must be an http(s) URL with a host")
+    if parsed.host.lower() not in rules.hosts:
         allowed = ", ".join(sorted(rules.hosts)) or "none: --allow-host is not set"
         raise MediaRefused(
-            403, "url_not_allowed", f"{what} host {parsed.host!r} is not allowed ({allowed})"
+            403, "url_not_allowed", f"media_url host {parsed.host!r} is not allowed ({allowed})"
         )
     return parsed
 

@@ -33,6 +33,20 @@ ErrorType = Literal[
     "redirect_refused",
     "job_conflict",
     "callback_not_configured",
+    # /people and /cluster (facescan_api.people_errors maps the people's errors to them)
+    "invalid_cursor",
+    "invalid_name",
+    "duplicate_person",
+    "ambiguous_person",
+    "no_face",
+    "face_choice_needed",
+    "face_taken",
+    "photo_clash",
+    "same_person",
+    "mixed_libraries",
+    "nothing_to_undo",
+    "not_detected",
+    "too_many_faces",
 ]
 
 

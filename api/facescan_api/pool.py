@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import signal
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -77,7 +78,9 @@ class DetectorPool:
         self.workers = workers
         self.capacity = workers + queue
         self.timeout_s = timeout_s
-        self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
+        self._idle: deque[_Slot] = deque()
+        self._waiters: deque[asyncio.Future[_Slot]] = deque()
+        """Requests waiting for a worker, first come first served."""
         self._slots: list[_Slot] = []
         self._admitted = 0
         self._busy = 0
@@ -112,7 +115,7 @@ class DetectorPool:
             self.close()
             raise StartupError("; ".join(errors))
         for slot in slots:
-            self._idle.put_nowait(slot)
+            self._release(slot)
         log.info("%d detector workers ready (%s)", self.workers, self.config.model)
 
     def stats(self) -> PoolStats:
@@ -139,7 +142,7 @@ class DetectorPool:
             raise Busy(self.retry_after())
         self._admitted += 1
         try:
-            slot = await self._idle.get()
+            slot = await self._acquire()
             self._busy += 1
             try:
                 return await self._on(slot, data)
@@ -174,13 +177,39 @@ class DetectorPool:
             raise
         self._mean_s = 0.8 * self._mean_s + 0.2 * (loop.time() - started)
         slot.busy = False
-        self._idle.put_nowait(slot)
+        self._release(slot)
         return result
+
+    async def _acquire(self) -> _Slot:
+        """An idle worker; when there is none, or others wait already, the one handed to
+        this request in its turn (a request arriving as a worker comes back never goes
+        ahead of one that waits)."""
+        if self._idle and not self._waiters:
+            return self._idle.popleft()
+        waiter: asyncio.Future[_Slot] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())  # handed over as it was cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def _release(self, slot: _Slot) -> None:
+        """``slot`` to the first request waiting, else idle."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self._idle.append(slot)
 
     def _give_back(self, slot: _Slot) -> None:
         slot.busy = False
         if slot in self._slots:
-            self._idle.put_nowait(slot)
+            self._release(slot)
 
     def _kill(self, slot: _Slot) -> None:
         if slot.info is not None:
@@ -203,7 +232,7 @@ class DetectorPool:
                 self._replace(fresh)
                 return
             if info.error is None:
-                self._idle.put_nowait(fresh)
+                self._release(fresh)
             else:
                 log.error("a replacement detector worker cannot detect: %s", info.error)
 

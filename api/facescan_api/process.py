@@ -25,12 +25,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "Not a JSON body of the documented shape (invalid_request).",
         401: "No API key, or not one of FACESCAN_API_KEYS (unauthorized).",
-        403: "media_url's host is not allowed (url_not_allowed); path beneath no "
-        "--path-root, or leading out of it (path_not_allowed).",
+        403: "media_url's host is not allowed, or callback_url's (--callback-host), or "
+        "callback_url is an internal address not listed exactly (url_not_allowed); path "
+        "beneath no --path-root, or leading out of it (path_not_allowed).",
         404: "No job with this job_id (not_found).",
         409: "The job_id was submitted before with other content (job_conflict).",
         413: "The media exceeds --max-media-mb (media_too_large).",
-        422: "Not an http(s) URL (url_not_allowed); a redirect to another host "
+        422: "Not an http(s) URL, or a callback_url with credentials (url_not_allowed); "
+        "a redirect to another host "
         "(redirect_refused); path cannot be read (media_not_found); callback_url "
         "without FACESCAN_CALLBACK_SECRET (callback_not_configured).",
         503: "/process is off (no database or --media-dir), or the database is down (unavailable).",

@@ -27,8 +27,9 @@ EXIT_STARTUP = 2
 DESCRIPTION = (
     "Serve facescan's HTTP API: POST /detect (multipart `image` -> faces), POST /process "
     "and GET /process/JOB (jobs through the queue, signed callbacks; with a database and "
-    "--media-dir), GET /health, /health/live, /health/ready, /metrics, /openapi.json. "
-    "Every route but health needs "
+    "--media-dir), /people and POST /cluster (with a database), GET /health, "
+    "/health/live, /health/ready, /metrics, /openapi.json; with --immich, Immich's GET "
+    "/ping and POST /predict (no key). Every other route but health needs "
     "`Authorization: Bearer KEY`, KEY one of FACESCAN_API_KEYS (comma-separated; there "
     "is no default: without keys it refuses to start, unless --no-auth on 127.0.0.1). "
     "`facescan serve` runs this with the same options. Each option can also come from "
@@ -107,6 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve without API keys: only on 127.0.0.1 or ::1",
     )
     parser.add_argument(
+        "--immich",
+        action="store_true",
+        default=None,
+        help="also serve Immich's machine-learning API for facial recognition (POST "
+        "/predict, GET /ping; without a key, as Immich sends none: keep it on a private "
+        "network); needs --model insightface (FACESCAN_IMMICH)",
+    )
+    parser.add_argument(
         "--library",
         dest="api_library",
         help="library /process registers its images in (default api; FACESCAN_API_LIBRARY)",
@@ -148,6 +157,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="detector processes working /process jobs at once (default 1; "
         "FACESCAN_PROCESS_WORKERS)",
+    )
+    parser.add_argument(
+        "--callback-host",
+        dest="callback_hosts",
+        action="append",
+        help="a host a job's callback_url may name: a name or address, *.domain or *, "
+        "repeatable (FACESCAN_CALLBACK_HOSTS, comma-separated); none (the default): "
+        "callbacks refused. Loopback, private and link-local (metadata) addresses are "
+        "reached only through a host listed exactly",
+    )
+    parser.add_argument(
+        "--callback-max-attempts",
+        type=int,
+        help="deliveries of one callback tried at most, then it is given up (default 50; "
+        "FACESCAN_CALLBACK_MAX_ATTEMPTS)",
+    )
+    parser.add_argument(
+        "--callback-give-up-after",
+        dest="callback_give_up_after_h",
+        type=float,
+        metavar="HOURS",
+        help="hours after the job settled when its callback is given up (default 24; "
+        "FACESCAN_CALLBACK_GIVE_UP_AFTER_H)",
+    )
+    parser.add_argument(
+        "--callback-backoff-cap",
+        dest="callback_backoff_cap_s",
+        type=float,
+        metavar="SECONDS",
+        help="longest wait between two deliveries of a callback; the first wait is 5 s "
+        "(FACESCAN_CALLBACK_BACKOFF_S), doubled after each failure (default 3600; "
+        "FACESCAN_CALLBACK_BACKOFF_CAP_S)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
 

@@ -66,6 +66,11 @@ class ServeSettings(BaseSettings):
     no_auth: bool = False
     """Serve without keys: allowed on a loopback host only."""
 
+    immich: bool = False
+    """Serve Immich's machine-learning contract (POST /predict, GET /ping) for its
+    facial-recognition task, without a key (Immich's server sends none): needs
+    --model insightface, since Immich keeps 512-d ArcFace face vectors."""
+
     # -- POST /process: jobs through the queue (with a database and a media directory) --
 
     api_library: str = Field(default="api", min_length=1)
@@ -103,21 +108,45 @@ class ServeSettings(BaseSettings):
     """Wait after a delivery's first failure; doubled after each, up to the cap."""
 
     callback_backoff_cap_s: float = Field(default=3600.0, gt=0)
+    """The longest wait between two deliveries (--callback-backoff-cap)."""
+
+    callback_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    """Hosts a job's `callback_url` may name (FACESCAN_CALLBACK_HOSTS, comma-separated;
+    --callback-host, repeatable): a name or address, `*.example.com` or `*`. None by
+    default (not the media hosts: where results go is a decision of its own): callback
+    URLs are then refused. Internal addresses (loopback, private, link-local, metadata)
+    are reached only through a host listed exactly."""
+
+    callback_max_attempts: int = Field(default=50, ge=1)
+    """Deliveries tried at most before a callback is given up."""
+
+    callback_give_up_after_h: float = Field(default=24.0, gt=0)
+    """Hours after the job settled past which a callback is given up (the last attempt
+    falls then); with the default backoff this comes first (about 33 attempts)."""
 
     poll_s: float = Field(default=1.0, gt=0)
     """How often the dispatcher and the deliverer look at the database."""
 
-    @field_validator("path_roots", "allow_hosts", mode="before")
+    @field_validator("path_roots", "allow_hosts", "callback_hosts", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("allow_hosts")
+    @field_validator("allow_hosts", "callback_hosts")
     @classmethod
     def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(host.lower() for host in value)
+
+    @field_validator("callback_hosts")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        hosts = tuple(host.removeprefix("[").removesuffix("]") for host in value)
+        for host in hosts:
+            if "*" in host and host != "*" and not (host.startswith("*.") and "*" not in host[1:]):
+                raise ValueError(f"{host!r}: a wildcard is `*` or `*.domain` only")
+        return hosts
 
     def max_media_bytes(self) -> int:
         return int(self.max_media_mb * 1024 * 1024)
@@ -143,7 +172,13 @@ class ServeSettings(BaseSettings):
         return tuple(key.strip().encode() for key in raw if key.strip())
 
     def refusal(self) -> str | None:
-        """Why this server must not start (keys missing, --no-auth off loopback), or None."""
+        """Why this server must not start (keys missing, --no-auth off loopback, --immich
+        without insightface), or None."""
+        if self.immich and self.model != "insightface":
+            return (
+                f"--immich needs --model insightface: Immich stores 512-d ArcFace face "
+                f"vectors, and {self.model} gives dlib's 128-d ones"
+            )
         if self.no_auth:
             if self.host not in LOOPBACK:
                 return (

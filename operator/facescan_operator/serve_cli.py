@@ -5,12 +5,14 @@ command runs the detector's executable (found as the local runner finds it,
 ``workers.default_detector``) with the same options: by exec, so signals, output and
 exit status are the server's own. Two options are handled here first: ``--dsn`` moves
 into the server's environment (FACESCAN_DSN: off the command line that `ps` shows),
-and ``--data-dir`` starts the embedded PostgreSQL of that directory, whose URL the
-server then gets; that server runs as a child, and the database stops after it.
+and ``--data-dir`` starts the embedded PostgreSQL of that directory and brings its
+schema up to date (that database is this command's own), whose URL the server then
+gets; that server runs as a child, and the database stops after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,9 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import SecretStr
 
 from facescan_operator.embedded_db import EmbeddedDatabase, EmbeddedDatabaseError
 from facescan_operator.workers import default_detector
+from facescan_queue.errors import QueueError
+from facescan_queue.migrate import migrate
+from facescan_queue.settings import DatabaseSettings
 
 EXIT_USAGE = 2
 EXIT_DATABASE = 3
@@ -60,6 +66,11 @@ def serve(ctx: typer.Context) -> None:
         print(f"facescan: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE if exc.usage else EXIT_DATABASE) from None
     try:
+        try:
+            asyncio.run(migrate(DatabaseSettings(dsn=SecretStr(embedded.dsn))))
+        except QueueError as exc:
+            print(f"facescan: {exc}", file=sys.stderr)
+            raise typer.Exit(EXIT_DATABASE) from None
         env["FACESCAN_DSN"] = embedded.dsn
         raise typer.Exit(_run_child(command, env))
     finally:

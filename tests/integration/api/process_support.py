@@ -34,9 +34,11 @@ class Delivery:
 
 @dataclass
 class Receiver:
-    """Answers ``fail_first`` deliveries with 503, then 200; records every one."""
+    """Answers ``fail_first`` deliveries with 503 (or ``fail_status``), then 200;
+    records every one."""
 
     fail_first: int = 0
+    fail_status: int = 503
     deliveries: list[Delivery] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
@@ -60,7 +62,7 @@ class Receiver:
         signed = verify(SECRET.encode(), body, request.headers.get(SIGNATURE_HEADER, ""))
         with self.lock:
             failed = sum(1 for d in self.deliveries if d.status != 200)
-            status = 503 if failed < self.fail_first else 200
+            status = self.fail_status if failed < self.fail_first else 200
             self.deliveries.append(Delivery(body, dict(request.headers), status, signed))
         return status, b"ok", {}
 
@@ -109,10 +111,12 @@ def process_server(
     *,
     roots: tuple[Path, ...] = (),
     secret: str | None = SECRET,
+    callback_hosts: tuple[str, ...] = ("127.0.0.1",),
     extra: tuple[str, ...] = (),
 ) -> ApiServer:
-    """``facescan-detector serve`` with /process on: the database, the media dir, hosts
-    127.0.0.1 allowed, callbacks retried after 0.2 s, 0.4 s, ..."""
+    """``facescan-detector serve`` with /process on: the database, the media dir, media
+    host 127.0.0.1 allowed, callbacks to ``callback_hosts``, retried after 0.2 s,
+    0.4 s, ..."""
     env = server_env(
         FACESCAN_API_KEYS=",".join(KEYS),
         FACESCAN_DSN=dsn,
@@ -123,6 +127,8 @@ def process_server(
     args = ["--media-dir", str(media), "--allow-host", "127.0.0.1", "--threads", "1", "-v"]
     for root in roots:
         args += ["--path-root", str(root)]
+    for host in callback_hosts:
+        args += ["--callback-host", host]
     return ApiServer([*args, *extra], env, log)
 
 

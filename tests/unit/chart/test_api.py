@@ -4,12 +4,16 @@ from the admin's Secret under the restricted pod security, probed on /health/*."
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
-from helm_python import HelmValuesError, lint
+from helm_python import HelmRenderError, HelmValuesError, lint
 
+from facescan_api.serve import add_arguments
+from facescan_api.settings import ServeSettings
 from facescan_operator.k8s.jobs import detector_security
 from tests.unit.chart.test_chart import CHART, NEWEST, OLDEST, of_kind, render
 
@@ -114,5 +118,137 @@ def test_no_secret_and_no_key_is_rendered() -> None:
     ],
 )
 def test_the_values_schema_refuses_wrong_api_values(api: dict[str, Any]) -> None:
+    with pytest.raises(HelmValuesError):
+        render({"api": api})
+
+
+PROCESS = {
+    "api": {
+        **API["api"],
+        "process": {
+            "enabled": True,
+            "workers": 2,
+            "allowHosts": ["immich.photos.svc", "10.0.0.7"],
+            "callbackHosts": ["*.hooks.example.com", "immich-server.photos.svc", "*"],
+            "callbackSecret": {"existingSecret": "facescan-callback"},
+            "pathVolumes": [
+                {"claimName": "family-photos", "mountPath": "/photos"},
+                {"claimName": "archive", "mountPath": "/archive"},
+            ],
+            "callbackGiveUpAfterHours": 12,
+        },
+    }
+}
+
+
+def process_pod(values: dict[str, Any] = PROCESS) -> dict[str, Any]:
+    (deployment,) = [d for d in api_objects(render(values)) if d["kind"] == "Deployment"]
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+@pytest.mark.parametrize("kube", [OLDEST, NEWEST])
+def test_the_api_with_process_renders_lints_and_validates(kube: str) -> None:
+    for doc in api_objects(render(PROCESS)):
+        kubernetes_validate.validate(doc, kube, strict=True)
+    result = lint(str(CHART), PROCESS, strict=True, kube_version=f"{kube}.0")
+    assert result["errors"] == []
+    assert [m for m in result["messages"] if m["severity"] > 1] == []
+
+
+def test_the_process_arguments_are_the_servers_own_options() -> None:
+    (container,) = process_pod()["containers"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = vars(parser.parse_args(container["args"][1:]))
+    settings = ServeSettings(
+        **{k: v for k, v in options.items() if v is not None and k not in ("verbose", "dsn")}
+    )
+    assert settings.media_dir == Path("/var/lib/facescan/media")
+    assert settings.process_workers == 2
+    assert settings.allow_hosts == ("immich.photos.svc", "10.0.0.7")
+    assert settings.callback_hosts == ("*.hooks.example.com", "immich-server.photos.svc", "*")
+    assert settings.path_roots == (Path("/photos"), Path("/archive"))
+    assert settings.callback_give_up_after_h == 12
+    assert settings.callback_max_attempts == 50
+
+
+def test_process_reads_its_path_volumes_read_only_and_writes_media_to_its_own() -> None:
+    pod = process_pod()
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["path-0"] == {"name": "path-0", "mountPath": "/photos", "readOnly": True}
+    assert mounts["path-1"]["mountPath"] == "/archive"
+    assert volumes["path-0"]["persistentVolumeClaim"] == {
+        "claimName": "family-photos",
+        "readOnly": True,
+    }
+    assert mounts["media"] == {"name": "media", "mountPath": "/var/lib/facescan/media"}
+    assert volumes["media"] == {"name": "media", "emptyDir": {"sizeLimit": "10Gi"}}
+    assert not any("hostPath" in v for v in pod["volumes"])
+    pod_context, container_context = detector_security()
+    assert pod["securityContext"] == pod_context
+    assert container["securityContext"] == container_context
+    shared = {"api": {**PROCESS["api"], "replicas": 3}}
+    shared["api"]["process"] = {**PROCESS["api"]["process"], "mediaVolume": {"claimName": "m"}}
+    (media,) = [v for v in process_pod(shared)["volumes"] if v["name"] == "media"]
+    assert media["persistentVolumeClaim"] == {"claimName": "m"}
+
+
+def test_process_on_several_replicas_needs_a_shared_media_claim() -> None:
+    with pytest.raises(HelmRenderError, match="ReadWriteMany"):
+        render({"api": {**PROCESS["api"], "replicas": 2}})
+
+
+def test_every_secret_of_process_comes_from_a_secret_and_none_is_rendered() -> None:
+    docs = render(PROCESS)
+    assert of_kind(docs, "Secret") == []
+    (container,) = process_pod()["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FACESCAN_CALLBACK_SECRET"] == {
+        "name": "FACESCAN_CALLBACK_SECRET",
+        "valueFrom": {"secretKeyRef": {"name": "facescan-callback", "key": "callback-secret"}},
+    }
+    for name in ("FACESCAN_API_KEYS", "FACESCAN_DSN", "FACESCAN_CALLBACK_SECRET"):
+        assert "value" not in env[name]
+    assert not any(arg.startswith(("--dsn", "--callback-secret")) for arg in container["args"])
+    without = {"api": {**PROCESS["api"]}}
+    without["api"]["process"] = {**PROCESS["api"]["process"], "callbackSecret": {}}
+    (bare,) = process_pod(without)["containers"]
+    assert "FACESCAN_CALLBACK_SECRET" not in {e["name"] for e in bare["env"]}
+
+
+def test_process_is_off_by_default() -> None:
+    (container,) = api_pod()["containers"]
+    assert not any(arg.startswith("--media-dir") for arg in container["args"])
+    assert [m["name"] for m in container["volumeMounts"]] == ["tmp"]
+
+
+@pytest.mark.parametrize(
+    "process",
+    [
+        {"callbackSecret": {"existingSecret": "s", "value": "hunter2"}},  # never a value
+        {"callbackSecret": {"existingSecret": "s", "key": ""}},
+        {"callbackHosts": ["a.example,b.example"]},  # one host per item
+        {"callbackHosts": ["hooks.*.example"]},
+        {"allowHosts": ["*.example.com"]},  # media hosts are exact
+        {"pathVolumes": [{"claimName": "p", "mountPath": "photos"}]},
+        {"pathVolumes": [{"claimName": "p", "mountPath": "/tmp"}]},
+        {"pathVolumes": [{"hostPath": "/srv/photos", "mountPath": "/photos"}]},
+        {"mediaVolume": {"hostPath": {"path": "/srv/media"}}},
+        {"mediaVolume": {"sizeLimit": "lots"}},
+        {"workers": 0},
+        {"callbackGiveUpAfterHours": 0},
+        {"dsn": "postgresql://u:p@db/facescan"},
+    ],
+)
+def test_the_values_schema_refuses_wrong_process_values(process: dict[str, Any]) -> None:
+    with pytest.raises(HelmValuesError):
+        render({"api": {**PROCESS["api"], "process": {**PROCESS["api"]["process"], **process}}})
+
+
+def test_process_needs_a_database_secret() -> None:
+    api = {k: v for k, v in PROCESS["api"].items() if k != "database"}
     with pytest.raises(HelmValuesError):
         render({"api": api})
