@@ -96,7 +96,7 @@ class LoadedImage:
     file_bytes: int
 
 
-def _os_error(exc: OSError, relative_path: str, action: str) -> DetectorError:
+def os_error(exc: OSError, relative_path: str, action: str) -> DetectorError:
     """The typed error for an operating-system failure on one file."""
     if exc.errno == errno.EXDEV:  # beneath.open_beneath: a way out of the root
         return ImagePermissionError(f"{relative_path}: resolves outside the library root")
@@ -131,14 +131,14 @@ def open_in_library(root: Path, relative_path: str, flags: int = os.O_RDONLY) ->
             raise DetectorUnavailable(
                 f"{relative_path}: library root {root} is not a directory"
             ) from exc
-        error = _os_error(exc, relative_path, f"reach library root {root}")
+        error = os_error(exc, relative_path, f"reach library root {root}")
         if isinstance(error, ImageMissing):
             error = DetectorUnavailable(str(error))
         raise error from exc
     try:
         return open_beneath(root_fd, relative_path, flags)
     except OSError as exc:
-        raise _os_error(exc, relative_path, "read") from exc
+        raise os_error(exc, relative_path, "read") from exc
     finally:
         os.close(root_fd)
 
@@ -178,7 +178,7 @@ def load_image(
     """
     if not (0 < scale < math.inf) or max_dimension < 0:
         raise ValueError(f"need 0 < scale < inf and max_dimension >= 0: {scale}, {max_dimension}")
-    file, info = _open_regular(root, relative_path)
+    file, info = open_regular(root, relative_path)
     try:
         with file, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -199,7 +199,7 @@ def load_image(
         raise DetectorOOM(f"{relative_path}: out of memory while decoding: {exc}") from exc
     except OSError as exc:
         if exc.errno is not None:
-            raise _os_error(exc, relative_path, "read") from exc
+            raise os_error(exc, relative_path, "read") from exc
         raise ImageDecodeError(f"{relative_path}: cannot decode image: {exc}") from exc
     except _DECODE_ERRORS as exc:
         raise ImageDecodeError(f"{relative_path}: cannot decode image: {exc}") from exc
@@ -212,7 +212,7 @@ def load_image(
     )
 
 
-def _open_regular(root: Path, relative_path: str) -> tuple[io.BufferedReader, os.stat_result]:
+def open_regular(root: Path, relative_path: str) -> tuple[io.BufferedReader, os.stat_result]:
     """The file opened for reading beneath the root, and its status; anything but a
     regular file is refused (a FIFO without blocking: it is opened non-blocking)."""
     fd = open_in_library(root, relative_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)

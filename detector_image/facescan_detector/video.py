@@ -42,7 +42,7 @@ from facescan_detector.errors import (
     DetectorOOM,
     ImageDecodeError,
 )
-from facescan_detector.loading import _open_regular, _os_error
+from facescan_detector.loading import open_regular, os_error
 
 DECODE_THREADS = 2
 """Decoder threads per video: each frame-thread holds a frame of its own, so memory
@@ -145,7 +145,7 @@ def load_video_frames(
 ) -> Generator[SampledFrame]:
     """sample_frames of ``root / relative_path``, opened beneath the library root as an
     image is (a path or link leading out is refused, typed errors for the file)."""
-    file, _ = _open_regular(root, relative_path)
+    file, _ = open_regular(root, relative_path)
     with file:
         yield from sample_frames(
             file,
@@ -263,5 +263,5 @@ def _typed(exc: BaseException, label: str, action: str) -> DetectorError:
     if isinstance(exc, MemoryError):
         return DetectorOOM(f"{label}: out of memory while decoding: {exc}")
     if isinstance(exc, OSError) and exc.errno is not None:
-        return _os_error(exc, label, "read")
+        return os_error(exc, label, "read")
     return ImageDecodeError(f"{label}: cannot {action} video: {exc}")
