@@ -73,20 +73,23 @@ async def faces(queue: Queue, path: Path, library: str | None = None) -> dict[st
         "width": image["original_width"] or image["width"],
         "height": image["original_height"] or image["height"],
         "faces": [
-            {
-                "top": r["box_top"],
-                "right": r["box_right"],
-                "bottom": r["box_bottom"],
-                "left": r["box_left"],
-                "score": r["score"],
-                "model": r["model"],
-                "scale": r["scale"],
-                **people.get(
-                    (r["box_top"], r["box_right"], r["box_bottom"], r["box_left"]), NOBODY
-                ),
-            }
+            _face(r, people.get((r["box_top"], r["box_right"], r["box_bottom"], r["box_left"])))
             for r in rows
         ],
+    }
+
+
+def _face(row: Any, person: dict[str, Any] | None) -> dict[str, Any]:
+    """A face row as `facescan faces --json` shows it, with its person (or nobody)."""
+    return {
+        "top": row["box_top"],
+        "right": row["box_right"],
+        "bottom": row["box_bottom"],
+        "left": row["box_left"],
+        "score": row["score"],
+        "model": row["model"],
+        "scale": row["scale"],
+        **(person or NOBODY),
     }
 
 
@@ -104,19 +107,8 @@ async def _video_faces(
         for r in held
     }
     faces = [
-        {
-            "face_id": r["id"],
-            "frame_ms": r["frame_ms"],
-            "track": r["track"],
-            "top": r["box_top"],
-            "right": r["box_right"],
-            "bottom": r["box_bottom"],
-            "left": r["box_left"],
-            "score": r["score"],
-            "model": r["model"],
-            "scale": r["scale"],
-            **people.get(r["id"], NOBODY),
-        }
+        {"face_id": r["id"], "frame_ms": r["frame_ms"], "track": r["track"]}
+        | _face(r, people.get(r["id"]))
         for r in sorted(rows, key=lambda r: (r["frame_ms"] or 0, r["box_left"], r["id"]))
     ]
     stamps = video["frames"] or sorted({f["frame_ms"] for f in faces})
