@@ -69,6 +69,9 @@ class Cluster:
     nodes: tuple[str, ...] = NODE_NAMES
     pids: dict[str, int] = field(default_factory=dict)
     argv0: dict[str, str] = field(default_factory=dict)
+    started: dict[str, int] = field(default_factory=dict)
+    """Each process's start time (clock ticks after boot, /proc/PID/stat): with argv0, what
+    tells it from a later process that got the same PID (they wrap at 32768 here)."""
     cgroup_prefix: str = ""
     images: tuple[str, ...] = DEFAULT_IMAGES
 
@@ -149,19 +152,44 @@ def _start(
     _children[proc.pid] = proc
     cluster.pids[name] = proc.pid
     cluster.argv0[name] = argv[0]
+    with contextlib.suppress(OSError):
+        cluster.started[name] = int(_stat(proc.pid)[19])
     cluster.save()
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first; the start time is
+    the 20th)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def alive(cluster: Cluster, name: str) -> bool:
+    """Whether the process ``name`` started is still running: the same command line and
+    start time at its PID, not a zombie."""
     pid = cluster.pids.get(name)
     if pid is None:
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        stat = _stat(pid)
     except OSError:
         return False
-    return stat != "Z" and cmdline == cluster.argv0.get(name)
+    started = cluster.started.get(name)
+    same = cmdline == cluster.argv0.get(name) and started in (None, int(stat[19]))
+    return stat[0] != "Z" and same
+
+
+def _how_it_ended(pid: int) -> str:
+    """' (exit status N)' or ' (killed by SIGNAME)' for a child of this process that
+    ended; '' when it is not ours to know."""
+    proc = _children.get(pid)
+    code = proc.poll() if proc is not None else None
+    if code is None:
+        return ""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f" (killed by {signal.Signals(-code).name})"
+    return f" (exit status {code})"
 
 
 def _wait(what: str, check: Any, timeout: float, cluster: Cluster) -> None:
@@ -174,7 +202,8 @@ def _wait(what: str, check: Any, timeout: float, cluster: Cluster) -> None:
             if not alive(cluster, process):
                 log = cluster.dir / "logs" / f"{process}.log"
                 tail = "".join(log.read_text(errors="replace").splitlines(True)[-5:])
-                raise ClusterError(f"{process} exited; see {log}:\n{tail}")
+                ended = _how_it_ended(cluster.pids[process])
+                raise ClusterError(f"{process} exited{ended}; see {log}:\n{tail}")
         if time.monotonic() > deadline:
             raise ClusterError(
                 f"{what} not ready after {timeout:.0f} s; see {cluster.dir / 'logs'}/"

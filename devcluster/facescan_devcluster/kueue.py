@@ -157,6 +157,7 @@ class Kueue:
             controlplane._reap(pid)
         self.cluster.pids.pop("kueue", None)
         self.cluster.argv0.pop("kueue", None)
+        self.cluster.started.pop("kueue", None)
         self.cluster.save()
         return running
 
