@@ -3,17 +3,18 @@ and again, with the host resolved, before every delivery (no SSRF through callba
 
 Called by ``facescan_api.jobs`` (POST /process: :func:`check_callback_url` raises
 ``MediaRefused``, a typed 403/422) and ``facescan_api.callbacks`` (each delivery:
-:func:`resolve` gives the one address to connect to, or raises :class:`TargetRefused`).
+:func:`resolve` gives the addresses to connect to, or raises :class:`TargetRefused`).
 
 Rules: an http(s) URL without credentials whose host is on the list
 (``--callback-host``): an exact name or address, ``*.example.com`` (any name below
-example.com) or ``*`` (any host). At delivery the host is resolved once, and the
-delivery connects to that address (the URL's host still in Host and TLS SNI, the
-certificate checked against it), so the name cannot be re-resolved elsewhere between
-the check and the connection. An address that is not public (loopback, private,
-link-local such as the cloud metadata 169.254.169.254, shared, reserved, multicast)
-is refused unless the URL's host is on the list exactly, as written: a wildcard never
-reaches an internal address. Redirects are never followed (``facescan_api.callbacks``).
+example.com) or ``*`` (any host). At delivery the host is resolved once, every address
+is checked, and the delivery connects to those addresses, in the resolver's order until
+one connects (the URL's host still in Host and TLS SNI, the certificate checked against
+it), so the name cannot be re-resolved elsewhere between the check and the connection.
+An address that is not public (loopback, private, link-local such as the cloud metadata
+169.254.169.254, shared, reserved, multicast) is refused unless the URL's host is on the
+list exactly, as written: a wildcard never reaches an internal address. Redirects are
+never followed (``facescan_api.callbacks``).
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ class CallbackRules:
 
 @dataclass(frozen=True)
 class Target:
-    """A delivery's connection: the URL to request (the address in place of the host)
-    and what the request must carry to name the original host."""
+    """A delivery's connection: the URLs to request, one per address of the host (the
+    address in place of the host; tried in order until one connects), and what the
+    request must carry to name the original host."""
 
-    url: httpx.URL
+    urls: tuple[httpx.URL, ...]
     headers: dict[str, str]
     extensions: dict[str, str]
 
@@ -111,7 +113,8 @@ async def resolve(url: str, rules: CallbackRules) -> Target:
                 raise TargetRefused(_internal_message(parsed.host, address, why))
     host_header = parsed.netloc.decode("ascii")
     extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
-    return Target(parsed.copy_with(host=str(addresses[0])), {"Host": host_header}, extensions)
+    urls = tuple(parsed.copy_with(host=str(a)) for a in dict.fromkeys(addresses))
+    return Target(urls, {"Host": host_header}, extensions)
 
 
 def internal(address: IpAddress) -> str | None:

@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from datetime import UTC, datetime
 import httpx
 from prometheus_client import Counter
 
-from facescan_api.callback_targets import CallbackRules, TargetRefused, resolve
+from facescan_api.callback_targets import CallbackRules, Target, TargetRefused, resolve
 from facescan_api.jobs import Jobs
 from facescan_queue.api_jobs import DueDelivery
 from facescan_queue.errors import QueueError
@@ -114,8 +115,10 @@ class Deliverer:
         rules: CallbackRules,
         policy: DeliveryPolicy,
         metrics: DeliveryMetrics,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.jobs = jobs
+        self.tls = tls
         self._secret = secret
         self.rules = rules
         self.policy = policy
@@ -124,7 +127,10 @@ class Deliverer:
     async def run(self) -> None:
         """Delivers for ever (cancel it to stop)."""
         async with httpx.AsyncClient(
-            timeout=self.policy.timeout_s, follow_redirects=False, trust_env=False
+            timeout=self.policy.timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            verify=self.tls or True,
         ) as client:
             while True:
                 try:
@@ -190,9 +196,7 @@ class Deliverer:
             "X-Facescan-Delivery-Attempt": str(due.attempt),
         }
         try:
-            response = await client.post(
-                target.url, content=body, headers=headers, extensions=target.extensions
-            )
+            response = await _post_first(client, target, body, headers)
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:500]
         if response.is_success:
@@ -205,3 +209,21 @@ class Deliverer:
         await self.jobs.store.given_up(due.job_id, error[:1000])
         self.metrics.given_up.inc()
         log.warning("callback of job %s given up: %s", due.job_id, error)
+
+
+async def _post_first(
+    client: httpx.AsyncClient, target: Target, body: bytes, headers: dict[str, str]
+) -> httpx.Response:
+    """POST to the target's addresses in order until one connects (a host with an IPv6
+    and an IPv4 address, say, where this pod reaches only one); its answer. The last
+    connection error when none connects; any other error at once (the body may have
+    been received)."""
+    for index, url in enumerate(target.urls):
+        try:
+            return await client.post(
+                url, content=body, headers=headers, extensions=target.extensions
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            if index == len(target.urls) - 1:
+                raise
+    raise httpx.ConnectError("the callback host has no address")

@@ -14,6 +14,7 @@ import asyncio
 import errno
 import os
 import shutil
+import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ class MediaRules:
     roots: tuple[Path, ...]
     max_bytes: int
     timeout_s: float
+    tls: ssl.SSLContext | None = None
+    """What https downloads verify with (facescan_api.trust); None: httpx's default."""
 
 
 def check_url(url: str, rules: MediaRules) -> httpx.URL:
@@ -72,7 +75,10 @@ async def fetch(url: str, rules: MediaRules, out: BinaryIO) -> int:
         async with (
             asyncio.timeout(rules.timeout_s),
             httpx.AsyncClient(
-                follow_redirects=False, timeout=rules.timeout_s, trust_env=False
+                follow_redirects=False,
+                timeout=rules.timeout_s,
+                trust_env=False,
+                verify=rules.tls or True,
             ) as client,
         ):
             for _ in range(MAX_REDIRECTS + 1):

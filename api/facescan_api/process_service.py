@@ -27,6 +27,7 @@ from facescan_api.dispatch import Dispatcher, WorkerSpec
 from facescan_api.jobs import Jobs
 from facescan_api.media import MediaRules
 from facescan_api.settings import ServeSettings
+from facescan_api.trust import TrustError, tls_context
 from facescan_queue.api_jobs import ApiJobs
 from facescan_queue.defaults import CASCADES
 from facescan_queue.errors import QueueError
@@ -122,11 +123,16 @@ async def process_service(
             )
         except QueueError as exc:
             raise CannotStart(str(exc)) from exc
+        try:
+            tls = tls_context(settings.ca_file)
+        except TrustError as exc:
+            raise CannotStart(str(exc)) from exc
         rules = MediaRules(
             hosts=frozenset(settings.allow_hosts),
             roots=tuple(Path(os.path.abspath(r)) for r in settings.path_roots),
             max_bytes=settings.max_media_bytes(),
             timeout_s=settings.fetch_timeout_s,
+            tls=tls,
         )
         secret = settings.secret()
         callback_rules = CallbackRules(frozenset(settings.callback_hosts))
@@ -161,7 +167,7 @@ async def process_service(
                 give_up_after_s=settings.callback_give_up_after_h * 3600,
                 poll_s=settings.poll_s,
             )
-            deliverer = Deliverer(jobs, secret, callback_rules, policy, metrics)
+            deliverer = Deliverer(jobs, secret, callback_rules, policy, metrics, tls)
             tasks.append(asyncio.create_task(deliverer.run()))
         yield ProcessService(jobs, dispatcher.kick, metrics.collectors)
     finally:

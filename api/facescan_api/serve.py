@@ -190,6 +190,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(FACESCAN_CALLBACK_BACKOFF_S), doubled after each failure (default 3600; "
         "FACESCAN_CALLBACK_BACKOFF_CAP_S)",
     )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA certificates (PEM) trusted beside the public ones for https media_url "
+        "downloads and callbacks, e.g. an organisation's own CA (FACESCAN_CA_FILE)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
 
 

@@ -124,6 +124,11 @@ class ServeSettings(BaseSettings):
     """Hours after the job settled past which a callback is given up (the last attempt
     falls then); with the default backoff this comes first (about 33 attempts)."""
 
+    ca_file: Path | None = None
+    """CA certificates (PEM) trusted beside the public ones when media_url downloads and
+    callbacks go over https: for hosts an organisation's own CA signed (FACESCAN_CA_FILE,
+    --ca-file)."""
+
     poll_s: float = Field(default=1.0, gt=0)
     """How often the dispatcher and the deliverer look at the database."""
 

@@ -5,6 +5,7 @@ server started with /process on. All real HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -71,8 +72,11 @@ Route = Callable[[BaseHTTPRequestHandler], tuple[int, bytes, dict[str, str]]]
 
 
 @contextmanager
-def http_server(routes: Mapping[str, Route]) -> Iterator[str]:
-    """A threading HTTP server on 127.0.0.1 answering GET and POST by path; its base URL."""
+def http_server(
+    routes: Mapping[str, Route], *, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """A threading HTTP server on 127.0.0.1 answering GET and POST by path; its base URL
+    (https with ``tls``, the server's certificate; ``host`` names it in the URL)."""
 
     class Handler(BaseHTTPRequestHandler):
         def answer(self) -> None:
@@ -91,10 +95,12 @@ def http_server(routes: Mapping[str, Route]) -> Iterator[str]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -255,3 +255,26 @@ def test_the_last_attempt_falls_at_the_deadline() -> None:
     assert policy.give_up(20, 86399) is None
     assert policy.give_up(20, 86400) is not None
     assert policy.give_up(50, 0) is not None
+
+
+async def test_a_delivery_goes_to_the_next_address_when_one_does_not_connect() -> None:
+    """A host with two addresses where this server reaches only the second (an IPv6 one
+    without a route, say): the callback is delivered there, not failed for ever."""
+    import httpx
+
+    from facescan_api.callback_targets import Target
+    from facescan_api.callbacks import _post_first
+
+    receiver = Receiver()
+    with http_server({"/hook": receiver.handle}) as base:
+        port = base.rsplit(":", 1)[1]
+        unreachable = httpx.URL(f"http://127.0.0.2:{port}/hook")  # nothing listens there
+        target = Target((unreachable, httpx.URL(f"{base}/hook")), {"Host": "hooks"}, {})
+        async with httpx.AsyncClient() as client:
+            answer = await _post_first(client, target, b"{}", target.headers)
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.ConnectError):
+                await _post_first(client, Target((unreachable,), {}, {}), b"{}", {})
+
+    assert answer.status_code == 200
+    assert [d.headers["Host"] for d in receiver.deliveries] == ["hooks"]

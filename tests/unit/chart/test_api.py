@@ -131,6 +131,7 @@ PROCESS = {
             "allowHosts": ["immich.photos.svc", "10.0.0.7"],
             "callbackHosts": ["*.hooks.example.com", "immich-server.photos.svc", "*"],
             "callbackSecret": {"existingSecret": "facescan-callback"},
+            "caBundle": {"configMap": "photos-ca", "key": "ca.pem"},
             "pathVolumes": [
                 {"claimName": "family-photos", "mountPath": "/photos"},
                 {"claimName": "archive", "mountPath": "/archive"},
@@ -171,6 +172,26 @@ def test_the_process_arguments_are_the_servers_own_options() -> None:
     assert settings.path_roots == (Path("/photos"), Path("/archive"))
     assert settings.callback_give_up_after_h == 12
     assert settings.callback_max_attempts == 50
+    assert settings.ca_file == Path("/etc/facescan/ca/ca.pem")
+
+
+def test_process_trusts_the_ca_bundle_of_its_config_map_read_only() -> None:
+    pod = process_pod()
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "ca-bundle"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "ca-bundle"]
+    assert mount == {"name": "ca-bundle", "mountPath": "/etc/facescan/ca", "readOnly": True}
+    assert volume["configMap"] == {
+        "name": "photos-ca",
+        "items": [{"key": "ca.pem", "path": "ca.pem"}],
+    }
+    public_only = {"api": {**PROCESS["api"]}}
+    public_only["api"]["process"] = {
+        k: v for k, v in PROCESS["api"]["process"].items() if k != "caBundle"
+    }
+    (bare,) = process_pod(public_only)["containers"]
+    assert not any(arg.startswith("--ca-file") for arg in bare["args"])
+    assert "ca-bundle" not in {m["name"] for m in bare["volumeMounts"]}
 
 
 def test_process_reads_its_path_volumes_read_only_and_writes_media_to_its_own() -> None:
@@ -240,6 +261,9 @@ def test_process_is_off_by_default() -> None:
         {"mediaVolume": {"sizeLimit": "lots"}},
         {"workers": 0},
         {"callbackGiveUpAfterHours": 0},
+        {"caBundle": {"configMap": "photos-ca", "key": "../etc/passwd"}},
+        {"caBundle": {"configMap": "Photos CA"}},
+        {"caBundle": {"secret": "photos-ca"}},
         {"dsn": "postgresql://u:p@db/facescan"},
     ],
 )
