@@ -12,6 +12,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facescan_api.models import Face, ImageSize, ModelName
+from facescan_queue.models import MediaKind
 
 JobState = Literal["queued", "processing", "done", "failed"]
 JobErrorType = Literal[
@@ -76,6 +77,21 @@ class JobError(BaseModel):
     detail: str
 
 
+class JobFace(Face):
+    """A face of a job's media: a photo's, or one of a video's sampled frames."""
+
+    frame_ms: int | None = Field(
+        default=None,
+        description="A video's face: the timestamp of its frame (ms from the start); "
+        "null for a photo's.",
+    )
+    track: int | None = Field(
+        default=None,
+        description="A video's face: faces of one video with the same track are one "
+        "person across its frames; null for a photo's.",
+    )
+
+
 class JobResult(BaseModel):
     """A job, as the callback receives it once settled (done or failed)."""
 
@@ -85,7 +101,17 @@ class JobResult(BaseModel):
         description="queued and processing until settled: done (faces found, maybe none) "
         "or failed (error says why)."
     )
-    faces: list[Face] | None = Field(description="Set once done.")
+    faces: list[JobFace] | None = Field(
+        description="Set once done; a video's: the faces of its sampled frames."
+    )
+    kind: MediaKind | None = Field(
+        default=None,
+        description="What the media is, by its content: image (a photo) or video (its "
+        'frames sampled, README "Videos"); null when it could not be fetched.',
+    )
+    duration_ms: int | None = Field(
+        default=None, description="A video's duration from its header, when it says."
+    )
     image: ImageSize | None = None
     model: ModelName | None = None
     scale: float | None = None

@@ -27,12 +27,14 @@ from facescan_api.job_models import (
     DeliveryState,
     JobError,
     JobErrorType,
+    JobFace,
     JobState,
     JobStatus,
     ProcessRequest,
 )
 from facescan_api.media import DownloadFailed, MediaRefused, MediaRules, copy, fetch
-from facescan_api.models import Box, Embedding, Face, ImageSize
+from facescan_api.media_kind import kind_of_file, video_facts
+from facescan_api.models import Box, Embedding, ImageSize
 from facescan_queue.api_jobs import ApiJobs, NewJob, settled_at
 from facescan_queue.models import NewImage
 
@@ -107,12 +109,17 @@ class Jobs:
                 size = await asyncio.to_thread(copy, job.media_path, self.rules, out)
             out.flush()
             os.fsync(out.fileno())
-        width, height = await asyncio.to_thread(_header_size, part)
+        kind = await asyncio.to_thread(kind_of_file, part)
+        duration_ms = None
+        if kind == "video":
+            width, height, duration_ms = await asyncio.to_thread(video_facts, part)
+        else:
+            width, height = await asyncio.to_thread(_header_size, part)
         final = self.media_dir / name
         os.replace(part, final)
         _fsync_dir(self.media_dir)
         mtime = datetime.fromtimestamp(final.stat().st_mtime, UTC)
-        return NewImage(name, width, height, size, mtime)
+        return NewImage(name, width, height, size, mtime, kind, duration_ms)
 
     async def status(self, job_id: str, *, require: NewJob | None = None) -> JobStatus | None:
         """The job now; None if unknown. With ``require``, JobConflict unless the stored
@@ -160,6 +167,8 @@ class Jobs:
             media_id=row["media_id"],
             state=state,
             faces=faces,
+            kind=row["kind"],
+            duration_ms=row["duration_ms"],
             image=image,
             model=row["model"] if state == "done" else None,
             scale=row["scale"] if state == "done" else None,
@@ -172,9 +181,9 @@ class Jobs:
         )
 
 
-def _face(row: asyncpg.Record) -> Face:
+def _face(row: asyncpg.Record) -> JobFace:
     flat = list(row["landmarks"] or ())
-    return Face(
+    return JobFace(
         box=Box(
             top=row["box_top"],
             right=row["box_right"],
@@ -187,6 +196,8 @@ def _face(row: asyncpg.Record) -> Face:
             model="arcface" if row["arcface"] else "dlib",
             vector=[float(v) for v in row["embedding"] or ()],
         ),
+        frame_ms=row["frame_ms"],
+        track=row["track"],
     )
 
 

@@ -228,6 +228,7 @@ SELECT j.job_id, j.media_id, j.media_url, j.media_path, j.callback_url, j.image_
        CASE WHEN isfinite(j.next_delivery_at) THEN j.next_delivery_at END AS next_delivery_at,
        j.acknowledged_at IS NULL AND NOT isfinite(j.next_delivery_at) AS delivery_given_up,
        i.state::text AS image_state, i.attempts, i.degraded, i.updated_at,
+       i.kind::text AS kind, i.duration_ms,
        d.model, d.scale, d.original_width, d.original_height, d.detected_at,
        f.error_type::text AS failure_type, f.last_error, f.last_failure_at
 FROM facescan.api_jobs j
@@ -237,13 +238,14 @@ LEFT JOIN facescan.failures f ON f.image_id = i.id AND i.state = 'dead'
 WHERE j.library = $1 AND j.job_id = $2;
 
 -- name: api_job_faces
--- the committed faces of a job's image, each with its embedding as an array
+-- the committed faces of a job's image, each with its embedding as an array (a video's
+-- with their frame's timestamp and track, in frame order)
 SELECT f.box_top, f.box_right, f.box_bottom, f.box_left, f.score, f.landmarks,
        coalesce(f.embedding_dlib::real[], f.embedding_arcface::real[]) AS embedding,
-       f.embedding_arcface IS NOT NULL AS arcface
+       f.embedding_arcface IS NOT NULL AS arcface, f.frame_ms, f.track
 FROM facescan.faces f
 WHERE f.image_id = $1
-ORDER BY f.box_left, f.box_top, f.id;
+ORDER BY f.frame_ms NULLS FIRST, f.box_left, f.box_top, f.id;
 
 -- name: api_jobs_due
 -- Takes up to $3 settled jobs of library $1 whose callback is due and not acknowledged:

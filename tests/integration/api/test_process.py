@@ -104,7 +104,10 @@ def test_a_path_job_is_detected_and_get_answers_its_result(dsn: str, tmp_path: P
     schema = {"$ref": "#/components/schemas/JobStatus", "components": document["components"]}
     jsonschema.Draft202012Validator(schema).validate(body)
     assert body["state"] == "done"
+    assert body["kind"] == "image"
+    assert body["duration_ms"] is None
     assert len(body["faces"]) == 1
+    assert body["faces"][0]["frame_ms"] is None
     assert body["image"]["width"] > 0
     assert body["image"]["height"] > 0
     assert body["callback"] is None
