@@ -74,13 +74,16 @@ WHERE i.library = $1 AND ($2::bigint[] IS NULL OR i.id = ANY($2::bigint[]))
   AND (f.embedding_dlib IS NOT NULL OR f.embedding_arcface IS NOT NULL);
 
 -- name: count_unassigned
--- How many faces of library $1 with an embedding nobody has (what `people cluster` takes).
+-- How many faces of library $1 with an embedding nobody has (what `people cluster` takes:
+-- a video's track once, by its first face).
 SELECT count(*)::integer
 FROM facescan.faces f
 JOIN facescan.images i ON i.id = f.image_id
 LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
 WHERE i.library = $1 AND fp.person_id IS NULL
-  AND (f.embedding_dlib IS NOT NULL OR f.embedding_arcface IS NOT NULL);
+  AND (f.embedding_dlib IS NOT NULL OR f.embedding_arcface IS NOT NULL)
+  AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+      WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id));
 
 -- name: faces_to_cluster
 -- The faces with an embedding of images $2 (every image of library $1 when NULL; only
@@ -99,6 +102,8 @@ LEFT JOIN facescan.api_jobs j ON j.image_id = i.id
 WHERE i.library = $1 AND ($2::bigint[] IS NULL OR i.id = ANY($2::bigint[]))
   AND (NOT $3::boolean OR fp.person_id IS NULL)
   AND (f.embedding_dlib IS NOT NULL OR f.embedding_arcface IS NOT NULL)
+  AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+      WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))  -- a video's track once
 ORDER BY f.id;
 
 -- name: faces_people

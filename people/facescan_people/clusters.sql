@@ -14,6 +14,8 @@ LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
 WHERE i.library = $1 AND f.id > $3 AND fp.person_id IS NULL
   AND CASE WHEN $2::text = 'dlib' THEN f.embedding_dlib IS NOT NULL
            ELSE f.embedding_arcface IS NOT NULL END
+  AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+      WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))  -- the track rule (queries.sql)
 ORDER BY f.id
 LIMIT $4;
 
@@ -32,6 +34,8 @@ WITH near AS MATERIALIZED (
     LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
     WHERE i.library = $1 AND f.embedding_dlib IS NOT NULL
       AND (f.id <= $5 OR fp.status = 'matched')
+      AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+          WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))
     ORDER BY f.embedding_dlib <-> $2::text::vector
     LIMIT $3
 )
@@ -50,6 +54,8 @@ WITH near AS MATERIALIZED (
     LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
     WHERE i.library = $1 AND f.embedding_arcface IS NOT NULL
       AND (f.id <= $5 OR fp.status = 'matched')
+      AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+          WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))
     ORDER BY f.embedding_arcface <=> $2::text::vector
     LIMIT $3
 )
@@ -140,6 +146,8 @@ LEFT JOIN facescan.people p ON p.id = fp.person_id
 WHERE i.library = $1
   AND CASE WHEN $2::text = 'dlib' THEN f.embedding_dlib IS NOT NULL
            ELSE f.embedding_arcface IS NOT NULL END
+  AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+      WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))
 ORDER BY f.id;
 
 -- name: library_rejections
@@ -150,12 +158,15 @@ JOIN facescan.people p ON p.id = x.person_id
 WHERE p.library = $1;
 
 -- name: unassigned_faces
--- The faces of library $1 nobody has (clustering's noise, and faces never clustered).
+-- The faces of library $1 nobody has (clustering's noise, and faces never clustered); a
+-- video's track once.
 SELECT f.id AS face_id, i.path
 FROM facescan.faces f
 JOIN facescan.images i ON i.id = f.image_id
 LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
 WHERE i.library = $1 AND fp.person_id IS NULL
+  AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+      WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))
 ORDER BY i.path, f.box_left, f.box_top, f.id;
 
 -- name: unnamed_count

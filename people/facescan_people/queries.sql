@@ -36,12 +36,16 @@ LIMIT 1;
 SELECT count(*)::integer FROM facescan.people WHERE library = $1;
 
 -- name: new_faces
--- Faces of the library that matching has not considered yet, in id order from $2.
+-- Faces of the library that matching has not considered yet, in id order from $2. A
+-- video's track (one person across its frames) is one face for People: its first face
+-- stands for it (the track rule, in every query that picks faces for People).
 SELECT f.id, f.image_id
 FROM facescan.faces f
 JOIN facescan.images i ON i.id = f.image_id
 WHERE i.library = $1 AND f.id > $2
   AND NOT EXISTS (SELECT 1 FROM facescan.face_people fp WHERE fp.face_id = f.id)
+  AND (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+      WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))
 ORDER BY f.id
 LIMIT $3;
 
@@ -94,8 +98,11 @@ SELECT n.id AS face_id, n.image_id, n.kind, n.distance, i.library,
        fp.face_id IS NOT NULL AS considered, fp.person_id, fp.source::text AS source,
        fp.status::text AS status, fp.distance AS held_distance
 FROM near n
+JOIN facescan.faces f ON f.id = n.id
 JOIN facescan.images i ON i.id = n.image_id
 LEFT JOIN facescan.face_people fp ON fp.face_id = n.id
+WHERE (f.track IS NULL OR NOT EXISTS (SELECT 1 FROM facescan.faces o
+      WHERE o.image_id = f.image_id AND o.track = f.track AND o.id < f.id))
 ORDER BY n.distance, n.id;
 
 -- name: holders
@@ -133,11 +140,14 @@ WHERE fp.face_id = ANY($1::bigint[]);
 
 -- name: faces_of_image
 -- The faces of one image in the order `facescan faces` lists them (its --face numbers),
--- each with its person, if any (an unnamed one as "unnamed #<id>").
+-- each with its person, if any (an unnamed one as "unnamed #<id>"): a video's face with
+-- its track's, which its track's first face holds (the track rule, new_faces).
 SELECT f.id AS face_id, f.image_id, f.box_top, f.box_right, f.box_bottom, f.box_left,
        coalesce(p.name, 'unnamed #' || p.id) AS person, fp.distance, fp.status::text AS status, fp.source::text AS source
 FROM facescan.faces f
-LEFT JOIN facescan.face_people fp ON fp.face_id = f.id
+LEFT JOIN facescan.face_people fp ON fp.face_id = coalesce(
+    (SELECT min(o.id) FROM facescan.faces o WHERE o.image_id = f.image_id AND o.track = f.track),
+    f.id)
 LEFT JOIN facescan.people p ON p.id = fp.person_id
 WHERE f.image_id = $1
 ORDER BY f.box_left, f.box_top, f.id;
