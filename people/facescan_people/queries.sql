@@ -140,14 +140,20 @@ WHERE fp.face_id = ANY($1::bigint[]);
 
 -- name: faces_of_image
 -- The faces of one image in the order `facescan faces` lists them (its --face numbers),
--- each with its person, if any (an unnamed one as "unnamed #<id>"): a video's face with
--- its track's, which its track's first face holds (the track rule, new_faces).
+-- each with its person, if any (an unnamed one as "unnamed #<id>"). A video's face that
+-- nobody has itself shows its track's person, whom the track's first face holds (the
+-- track rule, new_faces); one the user moved to someone shows them.
 SELECT f.id AS face_id, f.image_id, f.box_top, f.box_right, f.box_bottom, f.box_left,
        coalesce(p.name, 'unnamed #' || p.id) AS person, fp.distance, fp.status::text AS status, fp.source::text AS source
 FROM facescan.faces f
-LEFT JOIN facescan.face_people fp ON fp.face_id = coalesce(
-    (SELECT min(o.id) FROM facescan.faces o WHERE o.image_id = f.image_id AND o.track = f.track),
-    f.id)
+LEFT JOIN LATERAL (
+    SELECT h.* FROM facescan.face_people h
+    WHERE h.face_id = f.id
+       OR h.face_id = (SELECT min(o.id) FROM facescan.faces o
+                       WHERE o.image_id = f.image_id AND o.track = f.track)
+    ORDER BY h.person_id IS NULL, h.face_id <> f.id
+    LIMIT 1
+) fp ON true
 LEFT JOIN facescan.people p ON p.id = fp.person_id
 WHERE f.image_id = $1
 ORDER BY f.box_left, f.box_top, f.id;

@@ -9,7 +9,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from facescan_people import directory
+from facescan_people import actions, directory
 from facescan_people.clustering import cluster_incremental
 from facescan_people.enrol import add_person
 from facescan_people.recluster import cluster_full
@@ -79,6 +79,11 @@ async def test_the_frames_of_a_known_person_follow_their_track_and_form_no_secon
         assert [r[0] for r in held] == faces[:1]  # the person once per video
     counts = await db.fetchrow("SELECT * FROM facescan.people_counts($1)", LIB)
     assert (counts["people"], counts["assigned"], counts["unassigned"]) == (1, 1 + VIDEOS, 0)
+
+    faces = videos[-1]
+    await actions.move(people, [faces[-1]], "Bea", LIB, new=True)  # the user says: not Ann
+    shown = {r["face_id"]: r["person"] for r in await directory.faces_of_image(people, image)}
+    assert [shown[face] for face in faces] == ["Ann"] * (FRAMES - 1) + ["Bea"]
 
 
 async def test_an_unknown_person_in_videos_is_one_unnamed_person_by_the_full_recluster_too(
