@@ -51,6 +51,23 @@ class _Slot:
     executor: ProcessPoolExecutor
     info: work.WorkerInfo | None = None
     busy: bool = False
+    pidfd: int | None = None
+    """The worker process itself (os.pidfd_open, once it said hello): what a hung
+    worker is killed through, so that a PID recycled after the worker died is never
+    signalled. None where the kernel has no pidfds; then its PID."""
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            elif self.info is not None:
+                os.kill(self.info.pid, signal.SIGKILL)
+
+    def forget(self) -> None:
+        """Closes the pidfd (the slot is being replaced or the pool closed)."""
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 @dataclass
@@ -103,6 +120,8 @@ class DetectorPool:
     async def _warm(self, slot: _Slot) -> work.WorkerInfo:
         info = await asyncio.wrap_future(slot.executor.submit(work.hello))
         slot.info = info
+        with contextlib.suppress(OSError):  # gone already, or no pidfds here: the PID then
+            slot.pidfd = os.pidfd_open(info.pid)
         return info
 
     async def start(self) -> None:
@@ -163,7 +182,7 @@ class DetectorPool:
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
         except TimeoutError:
-            self._kill(slot)
+            slot.kill()
             self._replace(slot)
             raise UploadTimeout(
                 f"loading and detecting the upload took longer than {self.timeout_s:g} s"
@@ -211,15 +230,11 @@ class DetectorPool:
         if slot in self._slots:
             self._release(slot)
 
-    def _kill(self, slot: _Slot) -> None:
-        if slot.info is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.info.pid, signal.SIGKILL)
-
     def _replace(self, slot: _Slot) -> None:
         """A fresh worker instead of ``slot``'s, ready (model loaded) in the background."""
         self._slots.remove(slot)
         slot.executor.shutdown(wait=False, cancel_futures=True)
+        slot.forget()
         self._restarts += 1
         fresh = self._spawn()
 
@@ -246,7 +261,8 @@ class DetectorPool:
             task.cancel()
         for slot in self._slots:
             if slot.busy:
-                self._kill(slot)
+                slot.kill()
         for slot in self._slots:
             slot.executor.shutdown(wait=True, cancel_futures=True)
+            slot.forget()
         self._slots.clear()
